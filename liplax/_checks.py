@@ -1,0 +1,156 @@
+"""Trace-time argument checks shared by the bound operators.
+
+Each check raises ``TypeError``/``ValueError`` naming the argument, the value received and what
+was expected. They look only at static information (shapes, dtypes, Python values), so they run
+once at trace time and cost nothing inside ``jit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
+PADDING_STRINGS = ("CIRCULAR", "SAME", "VALID")
+
+
+def float_array(x, name: str) -> jnp.ndarray:
+    """``x`` as a real floating array in its compute dtype (bfloat16/float16 → float32).
+
+    Integer, boolean and complex inputs are refused: a silent cast would hide a caller's bug.
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        x = np.asarray(x)
+        dtype = x.dtype
+    dtype = np.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be a real floating array, got complex dtype {dtype}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a real floating array (float32/float64, or bfloat16/float16 computed "
+            f"in float32), got dtype {dtype}"
+        )
+    x = jnp.asarray(x)
+    if x.dtype in (jnp.bfloat16, jnp.float16):
+        x = x.astype(jnp.float32)
+    return x
+
+
+def matrix(w, name: str = "w") -> jnp.ndarray:
+    """Check that ``w`` is a rank-2 real floating array with no empty side."""
+    w = float_array(w, name)
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be a matrix of rank 2 (in, out), got shape {w.shape}")
+    if 0 in w.shape:
+        raise ValueError(f"{name} must have no empty dimension, got shape {w.shape}")
+    return w
+
+
+def kernel(k, name: str = "kernel") -> jnp.ndarray:
+    """Check that ``k`` is a rank-4 HWIO convolution kernel with no empty dimension."""
+    k = float_array(k, name)
+    if k.ndim != 4:
+        raise ValueError(
+            f"{name} must have rank 4 in HWIO layout (kh, kw, in, out), got shape {k.shape}"
+        )
+    if 0 in k.shape:
+        raise ValueError(f"{name} must have no empty dimension, got shape {k.shape}")
+    return k
+
+
+def _positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or int(v) < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def input_shape(shape, name: str = "input_shape") -> tuple[int, int]:
+    """Check that ``shape`` is (H, W), two positive Python ints."""
+    if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 2:
+        raise ValueError(f"{name} must be a pair (H, W) of positive ints, got {shape!r}")
+    return (_positive_int(shape[0], f"{name}[0]"), _positive_int(shape[1], f"{name}[1]"))
+
+
+def strides(s, name: str = "strides") -> tuple[int, int]:
+    """Normalize ``strides`` (an int or a pair of ints, all ≥ 1) to a pair."""
+    if isinstance(s, Sequence) and not isinstance(s, str):
+        if len(s) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {s!r}")
+        return (_positive_int(s[0], f"{name}[0]"), _positive_int(s[1], f"{name}[1]"))
+    v = _positive_int(s, name)
+    return (v, v)
+
+
+def num_iters(n, name: str = "num_iters", minimum: int = 0) -> int:
+    """Check a static iteration count."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or int(n) < minimum:
+        raise ValueError(f"{name} must be an int ≥ {minimum}, got {n!r}")
+    return int(n)
+
+
+def padding(
+    pad: Padding,
+    input_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    stride_hw: tuple[int, int],
+    name: str = "padding",
+) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """Resolve flax's padding vocabulary to ``"CIRCULAR"`` or explicit ((lo, hi), (lo, hi)).
+
+    ``"SAME"`` follows ``lax.padtype_to_pads`` (what ``nnx.Conv`` does). Explicit padding may be
+    an int (all sides), a pair of ints (per axis, both sides) or a pair of (lo, hi) pairs.
+    Negative padding is refused, and so is ``"VALID"`` (or any padding) that leaves no output.
+    """
+    if isinstance(pad, str):
+        p = pad.upper()
+        if p not in PADDING_STRINGS:
+            raise ValueError(
+                f"{name} must be one of {PADDING_STRINGS} or explicit ((lo, hi), (lo, hi)) ints, "
+                f"got {pad!r}"
+            )
+        if p == "CIRCULAR":
+            return "CIRCULAR"
+        pads = tuple(
+            tuple(int(v) for v in lh)
+            for lh in lax.padtype_to_pads(input_hw, kernel_hw, stride_hw, p)
+        )
+    elif isinstance(pad, int | np.integer) and not isinstance(pad, bool):
+        pads = ((int(pad), int(pad)), (int(pad), int(pad)))
+    elif isinstance(pad, Sequence) and len(pad) == 2:
+        out = []
+        for i, item in enumerate(pad):
+            if isinstance(item, int | np.integer) and not isinstance(item, bool):
+                out.append((int(item), int(item)))
+            elif (
+                isinstance(item, Sequence)
+                and len(item) == 2
+                and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in item)
+            ):
+                out.append((int(item[0]), int(item[1])))
+            else:
+                raise ValueError(
+                    f"{name}[{i}] must be an int or a (lo, hi) pair of ints, got {item!r}"
+                )
+        pads = tuple(out)
+    else:
+        raise ValueError(
+            f"{name} must be one of {PADDING_STRINGS}, an int, or ((lo, hi), (lo, hi)) ints, "
+            f"got {pad!r}"
+        )
+    for axis, (lo, hi) in enumerate(pads):
+        if lo < 0 or hi < 0:
+            raise ValueError(f"{name} must be non-negative, got {pads} (axis {axis})")
+    for axis in range(2):
+        n, k = input_hw[axis], kernel_hw[axis]
+        lo, hi = pads[axis]
+        if n + lo + hi < k:
+            what = "VALID padding" if (lo, hi) == (0, 0) else f"padding {pads}"
+            raise ValueError(
+                f"{what} needs input_shape ≥ kernel size on every axis: axis {axis} has input "
+                f"{n} + padding {lo + hi} < kernel {k}"
+            )
+    return pads
