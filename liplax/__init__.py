@@ -5,10 +5,12 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.guarantee`: the :class:`Bound` type and the ``exact``/``upper``/``estimate`` vocabulary.
 - :mod:`liplax.linalg`: operator norms of matrices.
 - :mod:`liplax.conv`: operator norms of convolutions (circular, zero padding, strides).
+- :mod:`liplax.nn`: Lipschitz layers and activations for Flax NNX, each with its bound.
+- :mod:`liplax.bounds`: a network's trivial bound, its log form and its training penalty.
 """
 
-from liplax import conv, linalg
+from liplax import bounds, conv, linalg, nn
 from liplax.guarantee import Bound, compose, require_certified
 
-__all__ = ["Bound", "compose", "require_certified", "conv", "linalg"]
+__all__ = ["Bound", "compose", "require_certified", "bounds", "conv", "linalg", "nn"]
 __version__ = "0.1.0"
