@@ -46,7 +46,8 @@ def test_group_sort_matches_numpy():
 def test_polyactivations_values_and_width():
     x = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
     xj = jnp.asarray(x)
-    np.testing.assert_allclose(ln.crelu(xj), np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1))
+    want = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1)
+    np.testing.assert_allclose(ln.crelu(xj), want)
     np.testing.assert_allclose(
         ln.sin_poly(xj), np.concatenate([(x + np.sin(x)) / 2, (x - np.sin(x)) / 2], -1), atol=1e-6
     )

@@ -185,7 +185,8 @@ def test_aol_certificate_is_sound_and_close_to_one():
         assert float(b.value) >= truth, (trial, float(b.value), truth)
         assert float(b.value) <= 1 + 1e-3
     k = (rng.normal(size=(3, 3, 4, 5))).astype(np.float32)
-    for padding, strides, hw in (("SAME", 1, (7, 7)), ("VALID", 2, (8, 8)), ("CIRCULAR", 1, (2, 2))):
+    configs = (("SAME", 1, (7, 7)), ("VALID", 2, (8, 8)), ("CIRCULAR", 1, (2, 2)))
+    for padding, strides, hw in configs:
         layer = ln.AOLConv(4, 5, 3, strides=strides, padding=padding, rngs=nnx.Rngs(0))
         layer.kernel[...] = jnp.asarray(k)
         with jax.enable_x64(True):

@@ -22,6 +22,8 @@ from liplax.nn.dense import DenseBase
 from liplax.nn.plain import PLAIN_FUNCTIONS, is_plain
 from liplax.nn.sinusoidal import SinusoidalDense
 
+_effective = nnx.jit(lambda layer: layer.effective_kernel())
+
 
 def _linear(kernel: jax.Array, bias: jax.Array | None) -> nnx.Linear:
     lin = nnx.Linear(
@@ -38,7 +40,7 @@ def _linear(kernel: jax.Array, bias: jax.Array | None) -> nnx.Linear:
 
 
 def _conv(layer: ConvBase) -> nnx.Conv:
-    kernel = layer.effective_kernel()
+    kernel = _effective(layer)
     conv = nnx.Conv(
         layer.in_features,
         layer.out_features,
@@ -65,10 +67,10 @@ def to_plain(model):
     if isinstance(model, Residual):
         return Residual(to_plain(model.inner))
     if isinstance(model, SinusoidalDense):
-        return nnx.Sequential(_linear(model.effective_kernel(), None), CosSin())
+        return nnx.Sequential(_linear(_effective(model), None), CosSin())
     if isinstance(model, DenseBase):
         bias = None if model.bias is None else model.bias[...]
-        return _linear(model.effective_kernel(), bias)
+        return _linear(_effective(model), bias)
     if isinstance(model, ConvBase):
         return _conv(model)
     if model in PLAIN_FUNCTIONS:
