@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import liplax.nn as ln
-from tests.nn_helpers import P_ALL, max_jacobian_norms
+from tests.nn_helpers import P_ALL, max_jacobian_norms, rngs
 
 F64 = {"param_dtype": jnp.float64}
 
@@ -103,8 +103,16 @@ LINEAR = {
     "AOLConv-VALID-s2", "LinfDense", "AvgPool", "AvgPool-overlap", "Flatten", "Scale",
 }
 
-# Variants of a layer type already covered by the default run: run with `make test-slow`.
+# Variants of a layer type already covered by the default run, and the constant-factor layers
+# (pools, flatten, scale, two sorting activations): run with `make test-slow`.
 SLOW = {
+    "Conv-CIRCULAR",
+    "AvgPool",
+    "MaxPool-overlap",
+    "Flatten",
+    "Scale",
+    "FullSort",
+    "Abs",
     "Dense-bias-gram",
     "Conv-VALID-s2",
     "Conv-explicit",
@@ -131,7 +139,7 @@ def _big_init(key, shape, dtype):
 def test_bound_dominates_jacobian(name):
     factory, shape = CASES[name]
     with jax.enable_x64(True):
-        layer = factory(nnx.Rngs(0))
+        layer = factory(rngs(0))
         _warm(layer, shape)
         bounds = nnx.jit(lambda m: [m.lipschitz_bound(shape, p=p) for p in P_ALL])(layer)
         found_all = max_jacobian_norms(layer, shape, jax.random.key(10), linear=name in LINEAR)

@@ -18,18 +18,17 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 import liplax.nn as ln
 from liplax import bounds
-from tests.nn_helpers import jacobian, max_jacobian_norms
+from tests.nn_helpers import jacobian, max_jacobian_norms, rngs
 
 F64 = {"param_dtype": jnp.float64}
 
 
 def test_sinusoidal_jacobian_norm_equals_weight_norm_everywhere():
     with jax.enable_x64(True):
-        layer = ln.SinusoidalDense(5, 4, rngs=nnx.Rngs(0), **F64)
+        layer = ln.SinusoidalDense(5, 4, rngs=rngs(0), **F64)
         w = np.asarray(layer.kernel[...])
         want = np.linalg.svd(w, compute_uv=False)[0]
         xs = 3.0 * jax.random.normal(jax.random.key(1), (32, 5), jnp.float64)
@@ -77,8 +76,8 @@ def test_sinusoidal_network_trivial_bound_is_tight():
         theta = x_star @ w1
         top = np.concatenate([-np.sin(theta) * a, np.cos(theta) * a])  # D(x*)·v
         w2 = _aligned_second_weight(rng, top, k)
-        model = ln.Sequential(ln.SinusoidalDense(n, m, rngs=nnx.Rngs(0), **F64),
-                              ln.Dense(2 * m, k, rngs=nnx.Rngs(0), **F64))
+        model = ln.Sequential(ln.SinusoidalDense(n, m, rngs=rngs(0), **F64),
+                              ln.Dense(2 * m, k, rngs=rngs(0), **F64))
         model.layers[0].kernel[...] = jnp.asarray(w1)
         model.layers[1].kernel[...] = jnp.asarray(w2)
         trivial = float(bounds.trivial_bound(model, (n,)).value)
@@ -98,8 +97,8 @@ def test_relu_network_trivial_bound_is_loose():
         a = v @ w1
         # the first layer's output direction at x* = v: J₁(v)·v = diag(a > 0)·a
         w2 = _aligned_second_weight(rng, np.where(a > 0, a, 0.0), k)
-        model = ln.Sequential(ln.Dense(n, m, rngs=nnx.Rngs(0), **F64), ln.ReLU(),
-                              ln.Dense(m, k, rngs=nnx.Rngs(0), **F64))
+        model = ln.Sequential(ln.Dense(n, m, rngs=rngs(0), **F64), ln.ReLU(),
+                              ln.Dense(m, k, rngs=rngs(0), **F64))
         model.layers[0].kernel[...] = jnp.asarray(w1)
         model.layers[2].kernel[...] = jnp.asarray(w2)
         trivial = float(bounds.trivial_bound(model, (n,)).value)

@@ -25,23 +25,31 @@ from liplax.nn.sinusoidal import SinusoidalDense
 _effective = nnx.jit(lambda layer: layer.effective_kernel())
 
 
+def _given(value: jax.Array):
+    """An initializer that returns ``value`` (no random draw to compile)."""
+
+    def init(key, shape, dtype):
+        return value.reshape(shape).astype(dtype)
+
+    return init
+
+
 def _linear(kernel: jax.Array, bias: jax.Array | None) -> nnx.Linear:
-    lin = nnx.Linear(
+    return nnx.Linear(
         kernel.shape[0],
         kernel.shape[1],
         use_bias=bias is not None,
         param_dtype=kernel.dtype,
+        kernel_init=_given(kernel),
+        bias_init=_given(kernel[0] if bias is None else bias),
         rngs=nnx.Rngs(0),
     )
-    lin.kernel[...] = kernel
-    if bias is not None:
-        lin.bias[...] = bias
-    return lin
 
 
 def _conv(layer: ConvBase) -> nnx.Conv:
     kernel = _effective(layer)
-    conv = nnx.Conv(
+    bias = kernel[0, 0, 0] if layer.bias is None else layer.bias[...]
+    return nnx.Conv(
         layer.in_features,
         layer.out_features,
         kernel_size=layer.kernel_size,
@@ -49,12 +57,10 @@ def _conv(layer: ConvBase) -> nnx.Conv:
         padding=layer.padding,
         use_bias=layer.bias is not None,
         param_dtype=kernel.dtype,
+        kernel_init=_given(kernel),
+        bias_init=_given(bias),
         rngs=nnx.Rngs(0),
     )
-    conv.kernel[...] = kernel
-    if layer.bias is not None:
-        conv.bias[...] = layer.bias[...]
-    return conv
 
 
 def to_plain(model):
