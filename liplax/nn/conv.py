@@ -32,6 +32,15 @@ default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
 
 
+def _hashable_padding(padding):
+    """Padding as a static (hashable) value: an upper-case string, an int or nested tuples."""
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, int):
+        return padding
+    return tuple(p if isinstance(p, int) else tuple(p) for p in padding)
+
+
 def is_circular(padding) -> bool:
     return isinstance(padding, str) and padding.upper() == "CIRCULAR"
 
@@ -115,7 +124,7 @@ class ConvBase(LipschitzModule):
                             self.strides)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from e
-        self.padding = padding.upper() if isinstance(padding, str) else padding
+        self.padding = _hashable_padding(padding)
         self.use_bias = bool(use_bias)
         self.deterministic = False
         self.kernel_shape = (*self.kernel_size, self.in_features, self.out_features)
