@@ -33,9 +33,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from liplax.bounds import _static_shape
+from liplax.nn._base import check_p
+from liplax.nn.containers import _children, _name, bound_of, output_shape_of
 
 PyTree = Any
 
@@ -219,3 +224,74 @@ def sweep(
     mesh = _check_mesh(mesh)
     _batch_size(batch)
     return _sweep_jit(fn, batch, chunk_size, mesh)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: the bounds of many models of one architecture.
+# --------------------------------------------------------------------------------------------
+
+
+def _model_bounds(graphdef, input_shape: tuple, p, state) -> dict:
+    """The trivial bound and the per-layer bounds of one model given by its state."""
+    model = nnx.merge(graphdef, state)
+    kids = _children(model)
+    layers, shape = [], input_shape
+    for layer in kids if kids is not None else [model]:
+        layers.append(bound_of(layer, shape, p=p))
+        shape = output_shape_of(layer, shape)
+    return {"trivial": bound_of(model, input_shape, p=p), "layers": layers}
+
+
+def model_sweep(
+    models,
+    input_shape,
+    *,
+    p=2,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+) -> dict:
+    r"""Trivial bound Π_l Lip(f_l) and per-layer bounds of many models of one architecture.
+
+    The models (e.g. checkpoints of one training run) are split with ``nnx.split``, their states
+    stacked along a leading axis and swept with :func:`sweep`, so the bounds of all models are
+    computed in one vmapped (chunked, sharded) program: entry i equals
+    ``liplax.bounds.trivial_bound(models[i], input_shape, p=p)`` and
+    ``liplax.bounds.layer_bounds(models[i], ...)``.
+
+    Guarantee: each :class:`~liplax.guarantee.Bound` keeps its kind (``upper`` when every factor
+    is ``exact``/``upper``, else ``estimate``; DESIGN.md §3). Lower bounds are not included
+    (``liplax.certify`` does not exist yet).
+
+    Args:
+      models: a non-empty list or tuple of Flax NNX models with the same graph (same layers,
+        shapes and static attributes).
+      input_shape: the per-example input shape (no batch axis), static.
+      p: the norm (1, 2 or ``math.inf``), as :func:`liplax.bounds.trivial_bound`.
+      chunk_size, mesh: as :func:`sweep`.
+    Returns:
+      ``{"trivial": Bound(values (M,), kind), "layers": [(name, Bound(values (M,), kind)), …]}``.
+    """
+    if not isinstance(models, list | tuple) or not models:
+        raise ValueError(
+            f"models must be a non-empty list or tuple of NNX models, got {type(models).__name__}"
+            + (" of length 0" if isinstance(models, list | tuple) else "")
+        )
+    for i, m in enumerate(models):
+        if not isinstance(m, nnx.Module):
+            raise TypeError(f"models[{i}] must be a flax.nnx.Module, got {type(m).__name__}")
+    check_p(p, "model_sweep")
+    shape = _static_shape(input_shape)
+    splits = [nnx.split(m) for m in models]
+    graphdef = splits[0][0]
+    for i, (g, _) in enumerate(splits[1:], start=1):
+        if g != graphdef:
+            raise ValueError(
+                f"models[{i}] does not have the architecture of models[0] (different nnx graph): "
+                "model_sweep needs models of one architecture"
+            )
+    states = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[s for _, s in splits])
+    out = sweep(partial(_model_bounds, graphdef, shape, p), states, chunk_size=chunk_size,
+                mesh=mesh)
+    kids = _children(models[0])
+    names = [_name(models[0])] if kids is None else [_name(layer) for layer in kids]
+    return {"trivial": out["trivial"], "layers": list(zip(names, out["layers"], strict=True))}

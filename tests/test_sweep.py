@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import liplax
-from liplax import conv, linalg
-from liplax.sweep import sweep
+import liplax.nn as ln
+from liplax import bounds, conv, linalg
+from liplax.sweep import model_sweep, sweep
 from tests import reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +266,42 @@ def test_one_and_four_devices_agree():
     ks = (np.random.default_rng(0).standard_normal((10, 3, 3, 2, 3)) / 4).astype(np.float32)
     gram = functools.partial(conv.gram_bound, input_shape=(6, 6), num_iters=5)
     np.testing.assert_allclose(four["gram_2"], np.asarray(_single(gram, ks)), rtol=2e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# model_sweep: the bounds of many models of one architecture.
+# --------------------------------------------------------------------------------------------
+
+
+def _mlp(seed: int):
+    r = nnx.Rngs(seed)
+    return ln.Sequential(ln.Dense(5, 6, rngs=r), ln.MaxMin(), ln.Dense(6, 3, rngs=r))
+
+
+@pytest.mark.parametrize("chunk_size", (None, 2))
+def test_model_sweep_equals_per_model_bounds(chunk_size):
+    models = [_mlp(s) for s in range(3)]
+    out = model_sweep(models, (5,), chunk_size=chunk_size)
+    for i, m in enumerate(models):
+        single = bounds.trivial_bound(m, (5,))
+        assert out["trivial"].kind == single.kind == "upper"
+        np.testing.assert_allclose(float(out["trivial"].value[i]), float(single.value), rtol=2e-6)
+        per_layer = bounds.layer_bounds(m, (5,))
+        assert [n for n, _ in out["layers"]] == [n for n, _ in per_layer]
+        for (_, got), (_, want) in zip(out["layers"], per_layer, strict=True):
+            assert got.kind == want.kind
+            np.testing.assert_allclose(float(got.value[i]), float(want.value), rtol=2e-6)
+        # the trivial bound of a Sequential is the product of its layer bounds.
+        prod = np.prod([float(b.value[i]) for _, b in out["layers"]])
+        np.testing.assert_allclose(float(out["trivial"].value[i]), prod, rtol=1e-5)
+
+
+def test_model_sweep_bad_models():
+    with pytest.raises(ValueError, match="models must be a non-empty list"):
+        model_sweep([], (5,))
+    with pytest.raises(TypeError, match=r"models\[1\] must be a flax.nnx.Module"):
+        model_sweep([_mlp(0), "ckpt"], (5,))
+    other = ln.Sequential(ln.Dense(5, 7, rngs=nnx.Rngs(0)), ln.MaxMin(),
+                          ln.Dense(7, 3, rngs=nnx.Rngs(1)))
+    with pytest.raises(ValueError, match=r"models\[1\] does not have the architecture"):
+        model_sweep([_mlp(0), other], (5,))
