@@ -10,7 +10,8 @@ Measured:
   shape (HWIO (3, 3, 64, 64) kernels at 32×32, ``conv.gram_bound``) with a batch scaled down to
   ``--batch`` (1024 such kernels take ~2 min per pass on a 2-core CPU, ×2 methods ×10 repeats),
   and for a small shape where per-call overhead matters ((3, 3, 8, 8) at 16×16, 256 kernels;
-  above ``conv.DENSE_LIMIT`` so only the frequency-domain Gram iteration runs).
+  above ``conv.DENSE_LIMIT`` so only the frequency-domain Gram iteration runs), and for tiny
+  operators where dispatch dominates (``linalg.gram_bound`` on 1024 matrices of 16×16).
 - ``memory``: XLA's compiled temporary buffer (``compiled.memory_analysis().temp_size_in_bytes``,
   the peak of the intermediates the program allocates besides its inputs and outputs) of the
   issue-shaped sweep for several batch sizes, with and without chunking. It is the figure that
@@ -47,11 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from liplax import conv  # noqa: E402
+from liplax import conv, linalg  # noqa: E402
 from liplax.sweep import sweep  # noqa: E402
 
 ISSUE = {"kernel": (3, 3, 64, 64), "input_shape": (32, 32)}
 SMALL = {"kernel": (3, 3, 8, 8), "input_shape": (16, 16), "batch": 256}
+TINY = {"matrix": (16, 16), "batch": 1024}
 
 
 def _time(fn, repeats: int) -> float:
@@ -70,35 +72,41 @@ def _kernels(batch: int, shape) -> jax.Array:
     return k / np.sqrt(kh * kw * cin)
 
 
-def speed_case(shape, input_shape, batch: int, chunks, repeats: int) -> dict:
-    fn = partial(conv.gram_bound, input_shape=input_shape)
-    ks = _kernels(batch, shape)
+def speed_case(fn, items: jax.Array, chunks, repeats: int, **meta) -> dict:
+    """Per-item time of ``sweep(fn, items)`` vs a Python loop of the jitted ``fn``."""
+    batch = items.shape[0]
     single = jax.jit(fn)
-    items = [ks[i] for i in range(batch)]
+    rows = [items[i] for i in range(batch)]
 
     def loop():
-        return [single(k) for k in items]
+        return [single(x) for x in rows]
 
     loop_s = _time(loop, repeats)
     reference = np.asarray(jnp.stack(loop()))
-    row = {
-        "operator": "conv.gram_bound (SAME, num_iters=6)",
-        "kernel_hwio": list(shape),
-        "input_shape": list(input_shape),
-        "batch": batch,
-        "loop_seconds_per_kernel": loop_s / batch,
-        "sweep": {},
-    }
+    row = {**meta, "batch": batch, "loop_seconds_per_item": loop_s / batch, "sweep": {}}
     for chunk in chunks:
-        t = _time(lambda c=chunk: sweep(fn, ks, chunk_size=c), repeats)
-        got = np.asarray(sweep(fn, ks, chunk_size=chunk))
+        t = _time(lambda c=chunk: sweep(fn, items, chunk_size=c), repeats)
+        got = np.asarray(sweep(fn, items, chunk_size=chunk))
         row["sweep"][str(chunk)] = {
             "chunk_size": chunk,
-            "seconds_per_kernel": t / batch,
+            "seconds_per_item": t / batch,
             "speedup_vs_loop": loop_s / t,
             "max_rel_diff_vs_loop": float(np.max(np.abs(got - reference) / reference)),
         }
     return row
+
+
+def conv_speed_case(shape, input_shape, batch: int, chunks, repeats: int) -> dict:
+    fn = partial(conv.gram_bound, input_shape=input_shape)
+    return speed_case(fn, _kernels(batch, shape), chunks, repeats,
+                      operator="conv.gram_bound (SAME, num_iters=6)", kernel_hwio=list(shape),
+                      input_shape=list(input_shape))
+
+
+def dense_speed_case(shape, batch: int, chunks, repeats: int) -> dict:
+    ws = jax.random.normal(jax.random.key(1), (batch, *shape), jnp.float32)
+    return speed_case(linalg.gram_bound, ws, chunks, repeats,
+                      operator="linalg.gram_bound (num_iters=6)", matrix=list(shape))
 
 
 def memory_case(shape, input_shape, batches, chunk: int) -> dict:
@@ -176,9 +184,11 @@ def main() -> None:
             f"other jobs); the small shape uses {SMALL['batch']} kernels"
         ),
         "speed": [
-            speed_case(ISSUE["kernel"], ISSUE["input_shape"], args.batch, (None, 4), args.repeats),
-            speed_case(SMALL["kernel"], SMALL["input_shape"], SMALL["batch"], (None, 64),
-                       args.repeats),
+            conv_speed_case(ISSUE["kernel"], ISSUE["input_shape"], args.batch, (None, 4),
+                            args.repeats),
+            conv_speed_case(SMALL["kernel"], SMALL["input_shape"], SMALL["batch"], (None, 64),
+                            args.repeats),
+            dense_speed_case(TINY["matrix"], TINY["batch"], (None, 256), args.repeats),
         ],
         "memory": memory_case(ISSUE["kernel"], ISSUE["input_shape"], (32, 128, 512), 8),
         "devices": devices_case((1, 2, 4), args.repeats),

@@ -7,12 +7,16 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.conv`: operator norms of convolutions (circular, zero padding, strides).
 - :mod:`liplax.nn`: Lipschitz layers and activations for Flax NNX, each with its bound.
 - :mod:`liplax.bounds`: a network's trivial bound, its log form and its training penalty.
-- :mod:`liplax.sweep`: one bound operator over a batch of weights or kernels (vmap, chunks, mesh).
+- :mod:`liplax.sweep`: one bound operator over a batch of weights or kernels (vmap, chunks, mesh);
+  the bounds of many checkpoints of one architecture (``model_sweep``).
 """
 
 from liplax import bounds, conv, linalg, nn
 from liplax.guarantee import Bound, compose, require_certified
-from liplax.sweep import sweep
+from liplax.sweep import model_sweep, sweep
 
-__all__ = ["Bound", "compose", "require_certified", "bounds", "conv", "linalg", "nn", "sweep"]
+__all__ = [
+    "Bound", "compose", "require_certified", "bounds", "conv", "linalg", "model_sweep", "nn",
+    "sweep",
+]
 __version__ = "0.1.0"

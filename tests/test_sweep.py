@@ -164,7 +164,7 @@ def test_sweep_inside_jit_and_exported():
     jitted = jax.jit(functools.partial(sweep, linalg.spectral_norm, chunk_size=3))
     np.testing.assert_allclose(np.asarray(jitted(ws)), np.asarray(sweep(linalg.spectral_norm, ws)),
                                rtol=2e-6)
-    assert liplax.sweep is sweep
+    assert liplax.sweep is sweep and liplax.model_sweep is model_sweep
 
 
 def test_chunked_peak_memory_is_independent_of_batch_size():
