@@ -5,10 +5,22 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.guarantee`: the :class:`Bound` type and the ``exact``/``upper``/``estimate`` vocabulary.
 - :mod:`liplax.linalg`: operator norms of matrices.
 - :mod:`liplax.conv`: operator norms of convolutions (circular, zero padding, strides).
+- :mod:`liplax.certify`: certified radius and accuracy, empirical lower bounds, tightness.
+- :mod:`liplax.verify` (optional ``verify`` extra, imported on first use): LipSDP, LiPopt and
+  exact constants of small networks.
 """
 
-from liplax import conv, linalg
+import importlib
+
+from liplax import certify, conv, linalg
 from liplax.guarantee import Bound, compose, require_certified
 
-__all__ = ["Bound", "compose", "require_certified", "conv", "linalg"]
+__all__ = ["Bound", "compose", "require_certified", "certify", "conv", "linalg"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # liplax.verify needs the solver extra (cvxpy, SciPy): imported on first access only.
+    if name == "verify":
+        return importlib.import_module("liplax.verify")
+    raise AttributeError(f"module 'liplax' has no attribute {name!r}")
