@@ -1,0 +1,62 @@
+"""The brackets agree on random networks.
+
+ℓ2: lower ≤ exact ≤ LipSDP ≤ trivial; ℓ∞: lower ≤ exact ≤ LiPopt ≤ trivial.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liplax.certify import lipschitz_lower_bound
+from liplax.verify import exact_lipschitz, lipopt, lipsdp
+
+NETS = {"2-layer": [16, 12, 4], "3-layer": [8, 6, 6, 3]}
+RTOL = 1e-5  # the lower bound runs in float32
+
+
+@functools.cache
+def net(name):
+    dims = NETS[name]
+    rng = np.random.default_rng(len(dims))
+    return [rng.normal(size=(a, b)) / np.sqrt(a) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+
+
+def lower(ws, p):
+    w32 = [jnp.asarray(w, jnp.float32) for w in ws]
+
+    def f(x):
+        for w in w32[:-1]:
+            x = jax.nn.relu(x @ w)
+        return x @ w32[-1]
+
+    xs = jax.random.normal(jax.random.key(0), (32, ws[0].shape[0]))
+    return float(lipschitz_lower_bound(f, xs, key=jax.random.key(1), p=p, steps=100).value)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_l2_brackets(name):
+    ws = net(name)
+    trivial = np.prod([np.linalg.norm(w, 2) for w in ws])
+    low = lower(ws, 2)
+    exact = float(exact_lipschitz(ws, p=2))
+    sdp = float(lipsdp(ws))
+    assert low <= exact * (1 + RTOL)
+    assert exact <= sdp * (1 + 1e-9)
+    assert sdp <= trivial * (1 + 1e-9)
+    assert low >= 0.75 * exact  # the search gets close to the constant on these networks
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_linf_brackets(name):
+    ws = net(name)
+    trivial = np.prod([np.linalg.norm(w, 1) for w in ws])  # x ↦ x@W: max column abs-sum
+    low = lower(ws, "inf")
+    exact = float(exact_lipschitz(ws, p="inf"))
+    lp = float(lipopt(ws, degree=max(2, len(ws))))
+    assert low <= exact * (1 + RTOL)
+    assert exact <= lp * (1 + 1e-9)
+    assert lp <= trivial * (1 + 1e-9)
+    assert low >= 0.75 * exact
