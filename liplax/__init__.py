@@ -2,7 +2,7 @@
 
 Modules (one concept each; lower ones never import higher ones):
 
-- :mod:`liplax.guarantee`: the :class:`Bound` type and the ``exact``/``upper``/``estimate`` vocabulary.
+- :mod:`liplax.guarantee`: :class:`Bound` and the ``exact``/``upper``/``estimate`` vocabulary.
 - :mod:`liplax.linalg`: operator norms of matrices.
 - :mod:`liplax.conv`: operator norms of convolutions (circular, zero padding, strides).
 - :mod:`liplax.certify`: certified radius and accuracy, empirical lower bounds, tightness.
