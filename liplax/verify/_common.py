@@ -20,6 +20,7 @@ import numpy as np
 
 from liplax.certify import normalize_p
 from liplax.guarantee import Bound
+from liplax.verify.adapters import weights_from_list
 
 EXTRA_HINT = "pip install 'liplax[verify]'"
 
@@ -93,8 +94,6 @@ def trivial_bound(weights, *, p: int | str = 2) -> Bound:
     and ℓ∞). Guarantee: ``upper`` (the ℓ2 factors are rounded up past float64 error). Computed
     in float64 NumPy; see ``liplax.bounds`` for the bound of an NNX model inside JAX.
     """
-    from liplax.verify.adapters import weights_from_list
-
     p = normalize_p(p)
     ws = weights_from_list(weights)
     if p == 2:

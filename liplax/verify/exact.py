@@ -6,7 +6,7 @@ with Jacobian J = W1 · L1(D1) · … · L_{L−1}(D_{L−1}), where L_l(D) is t
 through the activation's derivative (ReLU: D·W; |·|: (2D−1)·W; CReLU: D·W⁺ − (I−D)·W⁻, W⁺/W⁻ the
 rows acting on relu(z)/relu(−z)). The p→p constant is the largest ‖J‖_{p→p} over the regions
 that exist (Jordan & Dimakis 2020 cast the local version as a MILP; Virmaux & Scaman 2018 note
-the NP-hardness). Three routes:
+the NP-hardness). Three methods:
 
 - one hidden layer and W1 of full row rank (x ↦ x@W1 onto): every pattern is a region.
   ``"enumerate"``: all 2^n patterns, vectorized in float64; in ℓ2 each
@@ -15,7 +15,7 @@ the NP-hardness). Three routes:
   ``"milp"`` (ℓ1/ℓ∞, for widths beyond enumeration): one MILP per output (ℓ∞) or input (ℓ1)
   over binary patterns δ and the dual-norm ball, with big-M products δ_k·y_k; HiGHS to a
   relative gap of 1e-9 (its big-M relaxation is weak: expect minutes at width 20).
-- otherwise: depth-first search over units, keeping the patterns whose cone is non-empty. A cone
+- ``"regions"`` (any depth and rank): depth-first search over units, keeping the patterns whose cone is non-empty. A cone
   {u : σ_k c_k·u > 0} is non-empty iff {σ_k c_k·u ≥ 1} is feasible (it is a cone), an LP
   (HiGHS); a witness point of the parent decides one child without an LP. A unit whose
   pre-activation vanishes on the whole region changes nothing and is not branched on.

@@ -90,7 +90,9 @@ def _chordal_cliques(adj: dict[int, set[int]]) -> list[list[int]]:
     return [sorted(c) for c, keep in zip(cliques, maximal, strict=True) if keep]
 
 
-def _product_sets(cliques: list[list[int]], degree: int, max_rows: int) -> list[np.ndarray]:
+def _product_sets(
+    cliques: list[list[int]], degree: int, max_rows: int, hint: str
+) -> list[np.ndarray]:
     """The distinct variable sets of the products, grouped by size (arrays (count, size))."""
     estimate = sum(math.comb(len(c), degree) << degree if len(c) > degree else 1 << len(c)
                    for c in cliques)
@@ -98,7 +100,7 @@ def _product_sets(cliques: list[list[int]], degree: int, max_rows: int) -> list[
         raise TooLarge(
             f"lipopt: degree {degree} needs up to {estimate:,} product constraints per output "
             f"(cliques of sizes up to {max(map(len, cliques))}), above max_rows={max_rows:,}; "
-            "lower the degree, raise max_rows, or use sparse=True"
+            f"{hint}"
         )
     groups: dict[int, list[np.ndarray]] = {}
     for c in cliques:
@@ -144,12 +146,13 @@ def _solve_output(weights, j, degree, use_sparsity, max_rows):
     if not adj:
         return 0.0, {"rows": 0, "monomials": 0, "lp_value": 0.0}
     cliques = _chordal_cliques(adj) if use_sparsity else [sorted(adj)]
-    groups = _product_sets(cliques, degree, max_rows)
+    hint = "lower the degree or raise max_rows" + ("" if use_sparsity else ", or use sparse=True")
+    groups = _product_sets(cliques, degree, max_rows, hint)
     n_rows = sum(g.shape[0] << g.shape[1] for g in groups)
     if n_rows > max_rows:
         raise TooLarge(
             f"lipopt: degree {degree} needs {n_rows:,} product constraints for output {j}, "
-            f"above max_rows={max_rows:,}; lower the degree or raise max_rows"
+            f"above max_rows={max_rows:,}; {hint}"
         )
     sentinel, width = n_vars, degree
     base = n_vars + 1
@@ -208,7 +211,11 @@ def _solve_output(weights, j, degree, use_sparsity, max_rows):
     e_const = e[const]
     e[const] = 0.0
     value = e_const + np.sum(np.clip(e, 0.0, None))
-    margin = 8.0 * degree * np.finfo(np.float64).eps * (abs(mat).T @ lam + np.abs(obj)).sum()
+    # Rounding: each e_T sums at most k terms (k = most rows touching one monomial), the value
+    # sums n_mono numbers: |error| ≤ γ_{k + n_mono} · (Σ |terms| + Σ |e_T|).
+    terms = float((abs(mat).T @ lam + np.abs(obj)).sum()) + float(np.abs(e).sum())
+    k = int(mat.getnnz(axis=0).max()) + n_mono + 2
+    margin = 1.01 * k * np.finfo(np.float64).eps * terms
     info = {"rows": row0, "monomials": n_mono, "cliques": len(cliques), "lp_value": -res.fun}
     return float(value + margin), info
 
@@ -257,7 +264,10 @@ def lipopt(
         caps = caps @ np.abs(w)
     paths = ws[0].shape[0] * math.prod(w.shape[1] for w in ws[:-1])
     if paths > _MAX_PATHS:
-        raise TooLarge(f"lipopt: the polynomial has {paths:,} path monomials per output")
+        raise TooLarge(
+            f"lipopt: the polynomial has {paths:,} path monomials per output, above "
+            f"{_MAX_PATHS:,}"
+        )
     t0 = time.perf_counter()
     best, per_output, skipped, sizes = 0.0, {}, [], {}
     for j in np.argsort(-caps, kind="stable").tolist():
