@@ -74,22 +74,23 @@ def _bound_value(bound, name: str) -> jnp.ndarray:
     return value
 
 
-def _margin_factor(p: int | str, head: str) -> float:
+def _certificate_terms(lipschitz, p, head: str, input_scale):
+    """(c, L, min s): the margin factor for the norm and head, the bound, the smallest scale.
+
+    c is the largest |δ_y − δ_j| over logit changes δ with ‖δ‖_p ≤ 1 (global head: 2^{1−1/p})
+    or with every |δ_i| ≤ 1 (per-logit head: 2); x ↦ (x − μ)/s is (1/min s)-Lipschitz.
+    """
+    p = normalize_p(p)
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if head == "per_logit":
-        return 2.0
-    return {2: math.sqrt(2.0), 1: 1.0, "inf": 2.0}[p]
-
-
-def _scale_value(input_scale, name: str = "input_scale") -> jnp.ndarray:
-    """The smallest per-feature scale s: x ↦ (x − μ)/s is (1/min s)-Lipschitz in every p-norm."""
-    s = _checks.float_array(input_scale, name)
-    _finite(s, name)
+    factor = 2.0 if head == "per_logit" else {2: math.sqrt(2.0), 1: 1.0, "inf": 2.0}[p]
+    bound = _bound_value(lipschitz, "lipschitz")
+    s = _checks.float_array(input_scale, "input_scale")
+    _finite(s, "input_scale")
     v = _concrete(s)
     if v is not None and (v.size == 0 or np.any(v <= 0)):
-        raise ValueError(f"{name} must be positive (the normalization's divisor), got {v}")
-    return jnp.min(s)
+        raise ValueError(f"input_scale must be positive (the normalization's divisor), got {v}")
+    return factor, bound, jnp.min(s)
 
 
 def margins(logits, labels) -> jnp.ndarray:
@@ -149,10 +150,7 @@ def certified_radius(
       radius changes the prediction, provided ``lipschitz`` is a valid bound (up to float
       rounding of one division, about one ulp).
     """
-    p = normalize_p(p)
-    factor = _margin_factor(p, head)
-    L = _bound_value(lipschitz, "lipschitz")
-    s = _scale_value(input_scale)
+    factor, L, s = _certificate_terms(lipschitz, p, head, input_scale)
     m = margins(logits, labels)
     safe = jnp.where(m > 0, m, 1.0)
     return jnp.where(m > 0, safe / (factor * L) * s, 0.0)
@@ -174,10 +172,7 @@ def certified_accuracy(
     given); the result has the shape of ``eps``. At ``eps = 0`` this is the accuracy with ties
     counted as errors. Arguments and guarantee as in :func:`certified_radius`.
     """
-    p = normalize_p(p)
-    factor = _margin_factor(p, head)
-    L = _bound_value(lipschitz, "lipschitz")
-    s = _scale_value(input_scale)
+    factor, L, s = _certificate_terms(lipschitz, p, head, input_scale)
     eps = _checks.float_array(eps, "eps")
     if eps.ndim > 1:
         raise ValueError(f"eps must be a scalar or a 1-D array of radii, got shape {eps.shape}")
