@@ -15,10 +15,11 @@ the NP-hardness). Three methods:
   ``"milp"`` (ℓ1/ℓ∞, for widths beyond enumeration): one MILP per output (ℓ∞) or input (ℓ1)
   over binary patterns δ and the dual-norm ball, with big-M products δ_k·y_k; HiGHS to a
   relative gap of 1e-9 (its big-M relaxation is weak: expect minutes at width 20).
-- ``"regions"`` (any depth and rank): depth-first search over units, keeping the patterns whose cone is non-empty. A cone
-  {u : σ_k c_k·u > 0} is non-empty iff {σ_k c_k·u ≥ 1} is feasible (it is a cone), an LP
-  (HiGHS); a witness point of the parent decides one child without an LP. A unit whose
-  pre-activation vanishes on the whole region changes nothing and is not branched on.
+- ``"regions"`` (any depth and rank): depth-first search over units, keeping the patterns
+  whose cone is non-empty. A cone {u : σ_k c_k·u > 0} is non-empty iff {σ_k c_k·u ≥ 1} is
+  feasible (it is a cone), an LP (HiGHS); a witness point of the parent decides one child
+  without an LP. A unit whose pre-activation vanishes on the whole region changes nothing and
+  is not branched on.
 
 Guarantee: ``exact`` (up to float64 rounding, the MILP gap of 1e-9 and the LP tolerances deciding
 that a region exists: every region counted has a witness point checked in float64).
