@@ -1,0 +1,146 @@
+"""Small helpers shared by the liplax operator-norm tests (not a reference: no mathematics here)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import itertools
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+# Relative tolerance of an `exact` result against the float64 truth.
+EXACT_RTOL = {"float32": 1e-5, "float64": 1e-10}
+
+
+STATIC_NAMES = ("input_shape", "strides", "padding", "num_iters")
+
+
+@functools.cache
+def jitted(fn):
+    """``jax.jit(fn)`` with the contract's static arguments static (cached, so every test that
+    calls the same function on the same shapes compiles once)."""
+    params = inspect.signature(fn).parameters
+    return jax.jit(fn, static_argnames=[n for n in STATIC_NAMES if n in params])
+
+
+def value(out, kind: str | None = None):
+    """The numeric value of a bound function's result (a bare array or a liplax ``Bound``).
+
+    When the result is a ``Bound``, its ``kind`` must be ``kind`` (the contract's guarantee)."""
+    if hasattr(out, "kind") and hasattr(out, "value"):
+        if kind is not None:
+            assert out.kind == kind, f"expected a bound of kind {kind!r}, got {out.kind!r}"
+        return out.value
+    return out
+
+
+def as_float(out, kind: str | None = None) -> float:
+    v = np.asarray(value(out, kind))
+    assert v.shape == (), f"expected a scalar, got shape {v.shape}"
+    return float(v)
+
+
+@contextlib.contextmanager
+def precision(dtype: str):
+    """float64 runs under ``jax.enable_x64(True)``; float32 runs in the default mode."""
+    if dtype == "float64":
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` stored in ``dtype`` (a NumPy array, so the truth sees exactly the stored values)."""
+    if dtype == "bfloat16":
+        return np.asarray(jnp.asarray(x, dtype=jnp.bfloat16))
+    return np.asarray(x, dtype=np.dtype(dtype))
+
+
+def check_result_dtype(out, dtype: str) -> None:
+    want = "float32" if dtype in ("float32", "bfloat16", "float16") else "float64"
+    got = np.asarray(value(out)).dtype
+    assert got == np.dtype(want), f"result dtype {got}, expected {want} for {dtype} input"
+
+
+def assert_upper(bound: float, truth: float, what: str) -> None:
+    """Soundness: never below the float64 truth, no tolerance below; finite."""
+    assert math.isfinite(bound), f"{what}: bound is not finite: {bound!r}"
+    assert bound >= truth, (
+        f"{what}: UNSOUND upper bound {bound!r} < truth {truth!r} "
+        f"(rel {(truth - bound) / truth if truth else float('inf'):.3e} below)"
+    )
+
+
+def assert_exact(got: float, truth: float, dtype: str, what: str) -> None:
+    rtol = EXACT_RTOL[dtype]
+    assert math.isfinite(got), f"{what}: not finite: {got!r}"
+    assert abs(got - truth) <= rtol * abs(truth) + (1e-30 if truth == 0 else 0.0), (
+        f"{what}: exact value {got!r} vs truth {truth!r}, rel err "
+        f"{abs(got - truth) / abs(truth) if truth else float('inf'):.3e} > {rtol}"
+    )
+
+
+def names_argument(excinfo, *names: str) -> bool:
+    """Whether the error (a pytest ExceptionInfo or an exception) names one of ``names``."""
+    msg = str(getattr(excinfo, "value", excinfo))
+    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", msg) for n in names)
+
+
+def pairwise_cover(factors: dict[str, list], is_allowed=None, seed_order=True) -> list[dict]:
+    """A deterministic all-pairs covering subset of the product of ``factors``.
+
+    Every pair of values of two different factors appears in at least one returned case
+    (among allowed combinations). Greedy; small enough for the default test run."""
+    names = list(factors)
+    all_cases = [
+        dict(zip(names, combo, strict=True)) for combo in itertools.product(*factors.values())
+    ]
+    if is_allowed is not None:
+        all_cases = [c for c in all_cases if is_allowed(c)]
+
+    def pairs(case):
+        idx = {n: factors[n].index(case[n]) for n in names}
+        return {(a, idx[a], b, idx[b]) for a, b in itertools.combinations(names, 2)}
+
+    case_pairs = [pairs(c) for c in all_cases]
+    uncovered = set().union(*case_pairs)
+    chosen = []
+    while uncovered:
+        best = max(range(len(all_cases)), key=lambda i: len(case_pairs[i] & uncovered))
+        gain = case_pairs[best] & uncovered
+        if not gain:
+            break
+        chosen.append(all_cases[best])
+        uncovered -= gain
+    return chosen
+
+
+def case_id(case: dict) -> str:
+    return "-".join(f"{k}={v}".replace(" ", "") for k, v in case.items())
+
+
+def seed_of(*parts) -> int:
+    """A stable seed from printable parts (Python's hash() of str is salted per process)."""
+    import zlib
+
+    return zlib.crc32(repr(parts).encode())
+
+
+def split_slow(params, default_count: int) -> list:
+    """pytest params: the first ``default_count`` run by default, the rest only under -m slow."""
+    import pytest
+
+    out = []
+    for i, p in enumerate(params):
+        vals = p if isinstance(p, tuple) else (p,)
+        marks = () if i < default_count else (pytest.mark.slow,)
+        out.append(pytest.param(*vals, id=str(p).replace(" ", ""), marks=marks))
+    return out

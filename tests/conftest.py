@@ -1,0 +1,33 @@
+"""Shared test configuration: hypothesis profiles.
+
+- ``default``: ~50 examples per property, no deadline (JAX compiles on first call per shape).
+- ``fuzz``: 10,000 examples per property, selected with ``HYPOTHESIS_PROFILE=fuzz``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The float64 truth is many small SVDs: one BLAS thread each is ~100x faster than a thread pool
+# fighting JAX's own threads on a 2-core machine. Set before NumPy loads its BLAS.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+if "numpy" in sys.modules:  # too late for the environment: limit the loaded pool instead
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_COMMON = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("default", max_examples=50, **_COMMON)
+settings.register_profile("fuzz", max_examples=10_000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
