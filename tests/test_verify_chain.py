@@ -12,6 +12,7 @@ import pytest
 
 from liplax.certify import lipschitz_lower_bound
 from liplax.verify import exact_lipschitz, lipopt, lipsdp
+from tests.verify_helpers import random_weights
 
 NETS = {"2-layer": [16, 12, 4], "3-layer": [8, 6, 6, 3]}
 RTOL = 1e-5  # the lower bound runs in float32
@@ -19,9 +20,7 @@ RTOL = 1e-5  # the lower bound runs in float32
 
 @functools.cache
 def net(name):
-    dims = NETS[name]
-    rng = np.random.default_rng(len(dims))
-    return [rng.normal(size=(a, b)) / np.sqrt(a) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    return random_weights(len(NETS[name]), NETS[name])
 
 
 def lower(ws, p):

@@ -7,6 +7,7 @@ import pytest
 from scipy.optimize import linprog
 
 from liplax.verify import TooLarge, crelu_to_relu, exact_lipschitz
+from tests.verify_helpers import random_weights
 
 ORD = {2: 2, "inf": 1, 1: np.inf}  # numpy matrix-norm order of J for the map x ↦ x @ J
 
@@ -57,12 +58,7 @@ def brute_force(ws, p, activation="relu", check_regions=True):
 
 
 def _net(seed, dims, activation="relu"):
-    rng = np.random.default_rng(seed)
-    k = 2 if activation == "crelu" else 1
-    return [
-        rng.normal(size=(dims[i] * (k if i > 0 else 1), dims[i + 1])) / np.sqrt(dims[i])
-        for i in range(len(dims) - 1)
-    ]
+    return random_weights(seed, dims, crelu=activation == "crelu")
 
 
 @pytest.mark.parametrize("activation", ["relu", "abs", "crelu"])

@@ -5,15 +5,7 @@ import pytest
 from scipy.optimize import linprog
 
 from liplax.verify import TooLarge, exact_lipschitz, lipopt
-
-
-def _net(seed, dims, density=1.0):
-    rng = np.random.default_rng(seed)
-    ws = []
-    for i in range(len(dims) - 1):
-        w = rng.normal(size=(dims[i], dims[i + 1])) / np.sqrt(dims[i])
-        ws.append(w * (rng.random(w.shape) < density))
-    return ws
+from tests.verify_helpers import random_weights as _net
 
 
 def mccormick(w1, w2):

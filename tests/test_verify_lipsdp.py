@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from liplax.verify import SolverError, lipsdp
+from tests.verify_helpers import random_weights as _net
 
 
 def direct_lipsdp(weights, alpha=0.0, beta=1.0):
@@ -30,11 +31,6 @@ def direct_lipsdp(weights, alpha=0.0, beta=1.0):
     prob.solve(solver="CLARABEL")
     assert prob.status == cp.OPTIMAL
     return float(np.sqrt(rho.value))
-
-
-def _net(seed, dims):
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(a, b)) / np.sqrt(a) for a, b in zip(dims[:-1], dims[1:], strict=True)]
 
 
 @pytest.mark.parametrize("dims", [[12, 8, 3], [7, 6, 5, 2], [16, 5, 1]])
