@@ -61,10 +61,11 @@ def _net(seed, dims, activation="relu"):
     return random_weights(seed, dims, crelu=activation == "crelu")
 
 
+@pytest.mark.parametrize("dims", [[7, 6, 3], [5, 3, 6]], ids=["narrow-out", "wide-out"])
 @pytest.mark.parametrize("activation", ["relu", "abs", "crelu"])
 @pytest.mark.parametrize("p", [2, "inf", 1])
-def test_one_hidden_layer_matches_brute_force(p, activation):
-    ws = _net(1, [7, 6, 3], activation)  # W1 has full row rank: every pattern is a region
+def test_one_hidden_layer_matches_brute_force(p, activation, dims):
+    ws = _net(1, dims, activation)  # W1 has full row rank: every pattern is a region
     truth = brute_force(ws, p, activation, check_regions=False)
     methods = ["enumerate", "regions"] + (["milp"] if p != 2 else [])
     for method in methods:

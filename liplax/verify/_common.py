@@ -75,6 +75,12 @@ def induced_norm(m: np.ndarray, p: int | str) -> float:
     return float(np.max(np.sum(np.abs(m), axis=1)))
 
 
+def psd_sqrt(g: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semidefinite matrix (eigenvalues clipped at 0)."""
+    lam, vec = np.linalg.eigh(g)
+    return (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+
+
 def spectral_norm_upper(m: np.ndarray) -> float:
     """σ₁(m) from the eigenvalues of the smaller Gram matrix, rounded up past float64 error.
 

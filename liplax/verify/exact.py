@@ -40,6 +40,7 @@ from liplax.verify._common import (
     VerifierResult,
     as_bound,
     induced_norm,
+    psd_sqrt,
     require,
 )
 from liplax.verify.adapters import check_chain, weights_from_list
@@ -100,8 +101,7 @@ def _enumerate_l2(w1, on_off, *, max_patterns, widths):
     diff = e_on - e_off
     m = diff.shape[1]
     if m > n:  # use the n×n Gram R L Lᵀ R, R = (W1ᵀW1)^{1/2}
-        lam, vec = np.linalg.eigh(gram)
-        root = (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+        root = psd_sqrt(gram)
     best, best_idx = -1.0, 0
     for start in range(0, total, _CHUNK):
         idx = np.arange(start, min(start + _CHUNK, total))

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from liplax.verify._common import SolverError, VerifierResult, as_bound, require
+from liplax.verify._common import SolverError, VerifierResult, as_bound, psd_sqrt, require
 from liplax.verify.adapters import check_chain, weights_from_list
 
 cp = require("cvxpy")
@@ -41,17 +41,12 @@ SOLVERS = ("SCS", "CLARABEL")
 _DEFAULT_OPTIONS = {"SCS": {"eps_abs": 1e-8, "eps_rel": 1e-8}, "CLARABEL": {}}
 
 
-def _psd_root(g: np.ndarray) -> np.ndarray:
-    lam, vec = np.linalg.eigh(g)
-    return (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
-
-
 def _lmi_pieces(weights: list[np.ndarray], slopes: tuple[float, float], reduce: bool):
     """M(ρ, λ) = base + Σ_i λ_i F_i − ρ E as dense float64 arrays (F stacked on axis 0)."""
     alpha, beta = slopes
     cols = [w.T for w in weights]  # column-convention matrices A_l (out × in)
     if reduce:
-        cols[0] = _psd_root(cols[0] @ cols[0].T)  # (A_1 A_1ᵀ)^{1/2}, n1 × n1
+        cols[0] = psd_sqrt(cols[0] @ cols[0].T)  # (A_1 A_1ᵀ)^{1/2}, n1 × n1
     n0 = cols[0].shape[1]
     hidden = [a.shape[0] for a in cols[:-1]]
     n_hid = sum(hidden)
