@@ -31,7 +31,14 @@ import numpy as np
 
 from liplax import linalg
 from liplax.certify import lipschitz_lower_bound
-from liplax.verify import TooLarge, exact_lipschitz, lipopt, lipsdp, trivial_bound
+from liplax.verify import (
+    TooLarge,
+    exact_lipschitz,
+    lipopt,
+    lipsdp,
+    network_function,
+    trivial_bound,
+)
 
 NETS = {"20-20-1": [20, 20, 1], "64-20-10": [64, 20, 10], "784-20-10": [784, 20, 10]}
 
@@ -62,13 +69,7 @@ def _network(dims, seed=0):
 
 
 def _lower(ws, p):
-    w32 = [jnp.asarray(w, jnp.float32) for w in ws]
-
-    def f(x):
-        for w in w32[:-1]:
-            x = jax.nn.relu(x @ w)
-        return x @ w32[-1]
-
+    f = network_function(ws, "relu", jnp.float32)
     xs = jax.random.normal(jax.random.key(0), (64, ws[0].shape[0]))
     run = jax.jit(functools.partial(lipschitz_lower_bound, f, p=p, steps=100, restarts=8))
     t0 = time.perf_counter()

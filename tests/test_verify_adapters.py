@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from liplax.verify import crelu_to_relu, trivial_bound, weights_from_list, weights_from_model
+from liplax.verify import (
+    crelu_to_relu,
+    network_function,
+    trivial_bound,
+    weights_from_list,
+    weights_from_model,
+)
 from liplax.verify._common import require
 
 
@@ -45,14 +51,20 @@ def test_weights_from_list_checks():
         weights_from_list([np.ones(3)])
 
 
-def test_crelu_to_relu_is_the_same_function():
+def test_crelu_to_relu_and_network_function_are_the_written_network():
     rng = np.random.default_rng(0)
-    w1, w2 = rng.normal(size=(4, 3)), rng.normal(size=(6, 2))
+    w1, w2, w3 = rng.normal(size=(4, 3)), rng.normal(size=(6, 5)), rng.normal(size=(5, 2))
     x = rng.normal(size=(5, 4))
     z = x @ w1
     crelu = np.concatenate([np.maximum(z, 0), np.maximum(-z, 0)], axis=1) @ w2
     r1, r2 = crelu_to_relu([w1, w2])
     np.testing.assert_allclose(np.maximum(x @ r1, 0) @ r2, crelu)
+    with jax.enable_x64(True):
+        f = network_function([w1, w2], "crelu", jnp.float64)
+        np.testing.assert_allclose(jax.vmap(f)(x), crelu, rtol=1e-12)
+        g = network_function([w1, w2[:3], w3], "abs", jnp.float64)
+        h = np.abs(np.abs(x @ w1) @ w2[:3]) @ w3
+        np.testing.assert_allclose(jax.vmap(g)(x), h, rtol=1e-12)
 
 
 def test_trivial_bound_is_the_product_of_layer_norms():

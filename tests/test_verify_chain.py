@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from liplax.certify import lipschitz_lower_bound
-from liplax.verify import exact_lipschitz, lipopt, lipsdp
+from liplax.verify import exact_lipschitz, lipopt, lipsdp, network_function
 from tests.verify_helpers import random_weights
 
 NETS = {"2-layer": [16, 12, 4], "3-layer": [8, 6, 6, 3]}
@@ -24,13 +24,7 @@ def net(name):
 
 
 def lower(ws, p):
-    w32 = [jnp.asarray(w, jnp.float32) for w in ws]
-
-    def f(x):
-        for w in w32[:-1]:
-            x = jax.nn.relu(x @ w)
-        return x @ w32[-1]
-
+    f = network_function(ws, "relu", jnp.float32)
     xs = jax.random.normal(jax.random.key(0), (32, ws[0].shape[0]))
     return float(lipschitz_lower_bound(f, xs, key=jax.random.key(1), p=p, steps=100).value)
 

@@ -5,7 +5,8 @@
   the ℓ∞ (or ℓ1) constant.
 - :func:`exact_lipschitz`: the ``exact`` constant of small bias-free ReLU/|·|/CReLU networks.
 - :func:`trivial_bound`: the product of the layers' norms, for comparison.
-- adapters: :func:`weights_from_list`, :func:`weights_from_model`, :func:`crelu_to_relu`.
+- adapters: :func:`weights_from_list`, :func:`weights_from_model`, :func:`crelu_to_relu`,
+  :func:`network_function` (the network as a JAX function, for lower bounds).
 
 All take ``weights = [W1, …, W_L]`` in flax's ``(in, out)`` layout: the network is
 x ↦ σ(… σ(x @ W1) …) @ W_L with x a row vector; biases are ignored. They run in float64 NumPy,
@@ -20,7 +21,12 @@ from liplax.verify._common import (
     VerifierResult,
     trivial_bound,
 )
-from liplax.verify.adapters import crelu_to_relu, weights_from_list, weights_from_model
+from liplax.verify.adapters import (
+    crelu_to_relu,
+    network_function,
+    weights_from_list,
+    weights_from_model,
+)
 from liplax.verify.exact import exact_lipschitz
 from liplax.verify.lipopt import lipopt
 from liplax.verify.lipsdp import lipsdp
@@ -33,6 +39,7 @@ __all__ = [
     "exact_lipschitz",
     "lipopt",
     "lipsdp",
+    "network_function",
     "trivial_bound",
     "weights_from_list",
     "weights_from_model",

@@ -77,6 +77,33 @@ def crelu_to_relu(weights: Sequence) -> list[np.ndarray]:
     return [np.concatenate([w, -w], axis=1) for w in ws[:-1]] + [ws[-1]]
 
 
+def network_function(weights: Sequence, activation: str = "relu", dtype=None):
+    """The network the weights describe, as a JAX function of one input x (a vector).
+
+    x ↦ σ(… σ(x @ W1) …) @ W_L with σ = ReLU, |·| or CReLU (z ↦ [relu(z), relu(−z)]), the
+    convention of every verifier here; for :func:`liplax.certify.lipschitz_lower_bound` on the
+    same network the verifiers analyse. ``dtype`` defaults to JAX's default float.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    ws = weights_from_list(weights)
+    check_chain(ws, activation, min_layers=1)
+    mats = [jnp.asarray(w, dtype=dtype) for w in ws]
+    act = {
+        "relu": jax.nn.relu,
+        "abs": jnp.abs,
+        "crelu": lambda z: jnp.concatenate([jax.nn.relu(z), jax.nn.relu(-z)], axis=-1),
+    }[activation]
+
+    def f(x):
+        for w in mats[:-1]:
+            x = act(x @ w)
+        return x @ mats[-1]
+
+    return f
+
+
 def _kernel(node):
     k = getattr(node, "kernel", None)
     return None if k is None else _array(k)
