@@ -5,6 +5,8 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.guarantee`: :class:`Bound` and the ``exact``/``upper``/``estimate`` vocabulary.
 - :mod:`liplax.linalg`: operator norms of matrices.
 - :mod:`liplax.conv`: operator norms of convolutions (circular, zero padding, strides).
+- :mod:`liplax.nn`: Lipschitz layers and activations for Flax NNX, each with its bound.
+- :mod:`liplax.bounds`: a network's trivial bound, its log form and its training penalty.
 - :mod:`liplax.certify`: certified radius and accuracy, empirical lower bounds, tightness.
 - :mod:`liplax.verify` (optional ``verify`` extra, imported on first use): LipSDP, LiPopt and
   exact constants of small networks.
@@ -12,10 +14,12 @@ Modules (one concept each; lower ones never import higher ones):
 
 import importlib
 
-from liplax import certify, conv, linalg
+from liplax import bounds, certify, conv, linalg, nn
 from liplax.guarantee import Bound, compose, require_certified
 
-__all__ = ["Bound", "compose", "require_certified", "certify", "conv", "linalg"]
+__all__ = [
+    "Bound", "compose", "require_certified", "bounds", "certify", "conv", "linalg", "nn"
+]
 __version__ = "0.1.0"
 
 
