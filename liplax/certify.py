@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,23 +28,12 @@ from jax import lax
 
 from liplax import _checks
 from liplax.guarantee import Bound, require_certified
+from liplax.nn._base import check_p
 
 HEADS = ("global", "per_logit")
 
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def normalize_p(p: Any) -> int | str:
-    """``p`` as ``2``, ``1`` or ``"inf"``; accepts ``np.inf``/``float("inf")``/``"inf"``."""
-    if isinstance(p, str) and p.lower() == "inf":
-        return "inf"
-    if isinstance(p, int | float | np.integer | np.floating) and not isinstance(p, bool):
-        if math.isinf(p) and p > 0:
-            return "inf"
-        if p in (1, 2):
-            return int(p)
-    raise ValueError(f"p must be 2, 1 or 'inf' (np.inf), got {p!r}")
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -80,10 +69,10 @@ def _certificate_terms(lipschitz, p, head: str, input_scale):
     c is the largest |δ_y − δ_j| over logit changes δ with ‖δ‖_p ≤ 1 (global head: 2^{1−1/p})
     or with every |δ_i| ≤ 1 (per-logit head: 2); x ↦ (x − μ)/s is (1/min s)-Lipschitz.
     """
-    p = normalize_p(p)
+    p = check_p(p, "certify")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    factor = 2.0 if head == "per_logit" else {2: math.sqrt(2.0), 1: 1.0, "inf": 2.0}[p]
+    factor = 2.0 if head == "per_logit" else 2.0 ** (1.0 - 1.0 / p)
     bound = _bound_value(lipschitz, "lipschitz")
     s = _checks.float_array(input_scale, "input_scale")
     _finite(s, "input_scale")
@@ -126,7 +115,7 @@ def certified_radius(
     labels,
     lipschitz,
     *,
-    p: int | str = 2,
+    p: float | str = 2,
     head: str = "global",
     input_scale=1.0,
 ) -> jnp.ndarray:
@@ -138,8 +127,8 @@ def certified_radius(
       lipschitz: a :class:`~liplax.guarantee.Bound` of kind ``exact`` or ``upper`` (an
         ``estimate`` is refused), or a plain number/array (taken to be an upper bound). Scalar or
         broadcastable to the labels (per-example bounds).
-      p: input norm: ``2``, ``1`` or ``"inf"``; the bound must be the p→p constant (global head)
-        or the p→|·| constant of each logit (per-logit head).
+      p: input norm: ``2``, ``1`` or ``math.inf`` (or ``"inf"``); the bound must be the p→p
+        constant (global head) or the p→|·| constant of each logit (per-logit head).
       head: ``"global"``: ‖f(x)−f(x')‖_p ≤ L‖x−x'‖_p, factor c = 2^{1−1/p} (√2 for ℓ2, 2 for ℓ∞,
         1 for ℓ1); ``"per_logit"``: each logit is L-Lipschitz, c = 2.
       input_scale: if the network sees normalized inputs (x − μ)/s, the scale s (a scalar or
@@ -162,7 +151,7 @@ def certified_accuracy(
     lipschitz,
     eps,
     *,
-    p: int | str = 2,
+    p: float | str = 2,
     head: str = "global",
     input_scale=1.0,
 ) -> jnp.ndarray:
@@ -215,7 +204,7 @@ class LowerBound(NamedTuple):
         return Bound(self.value, "estimate")
 
 
-def _norm(v: jax.Array, p: int | str) -> jax.Array:
+def _norm(v: jax.Array, p: float) -> jax.Array:
     """‖v‖_p of a flat vector, with a gradient that stays finite at 0."""
     if p == 2:
         return jnp.sqrt(jnp.maximum(jnp.sum(v * v), jnp.finfo(v.dtype).tiny))
@@ -230,7 +219,7 @@ def _unit(v: jax.Array) -> jax.Array:
     return jnp.where(n > 0, v / jnp.where(n > 0, n, 1.0), 0.0)
 
 
-def _local_gain_fn(f, p: int | str, power_iters: int):
+def _local_gain_fn(f, p: float, power_iters: int):
     """(x, v) ↦ (gain, ∂gain/∂x, direction) for the local gain ‖J(x)‖_{p→p}.
 
     ℓ2: ``power_iters`` steps of v ← JᵀJv/‖JᵀJv‖ (``jvp`` then ``vjp``, warm-started from v), and
@@ -261,7 +250,7 @@ def _local_gain_fn(f, p: int | str, power_iters: int):
 
     def local_norm(x):
         jac = jax.jacrev(f)(x)  # (m, d): row i is ∇f_i(x)
-        if p == "inf":
+        if p == math.inf:
             sums = jnp.sum(jnp.abs(jac), axis=1)
             i = jnp.argmax(sums)
             return sums[i], jnp.sign(jac[i])
@@ -307,7 +296,7 @@ def _one_restart(f, x0, v0, key, rho, scale, *, p, steps, power_iters, step_size
     ratio_grad = jax.value_and_grad(ratio, argnums=(0, 1))
 
     def dual_step(g):  # the steepest-ascent direction for the gap in the p-norm geometry
-        step = jnp.sign(g) if p == "inf" else _unit(g)
+        step = jnp.sign(g) if p == math.inf else _unit(g)
         return step / jnp.maximum(_norm(step, p), jnp.finfo(g.dtype).tiny)
 
     def pair_step(t, st):
@@ -346,7 +335,7 @@ def _lower_bound_core(f, xs, key, *, p, steps, restarts, power_iters, step_size,
     starts = jnp.concatenate([X[idx], random_points], axis=0)
     v0 = jax.random.normal(k_dir, (restarts, d), X.dtype)
     v0 = v0 / jnp.linalg.norm(v0, axis=1, keepdims=True)
-    radius = scale * (1.0 if p == "inf" else d ** (1.0 / p))
+    radius = scale * d ** (1.0 / p)
     # Gaps from 5% of the data scale up: below that, f(c+h) − f(c−h) cancels too many digits
     # (relative error ≈ u·‖f(c)‖/‖f(c+h) − f(c−h)‖) and could report a ratio above the truth.
     rhos = radius * jnp.geomspace(0.05, 1.0, restarts).astype(X.dtype)
@@ -386,7 +375,7 @@ def lipschitz_lower_bound(
     xs,
     *,
     key: jax.Array,
-    p: int | str = 2,
+    p: float | str = 2,
     steps: int = 100,
     restarts: int = 8,
     power_iters: int = 2,
@@ -422,7 +411,7 @@ def lipschitz_lower_bound(
         With ``batched=True`` it takes a leading batch axis instead (e.g. an NNX model).
       xs: ``(n, ...)`` data points.
       key: a ``jax.random`` key.
-      p: ``2``, ``1`` or ``"inf"``.
+      p: ``2``, ``1`` or ``math.inf`` (or ``"inf"``).
       steps, restarts, power_iters: static iteration counts.
       step_size: gradient step length relative to the data's typical ℓ2 length s·√d.
       noise: initial kick size per coordinate, relative to s.
@@ -432,7 +421,7 @@ def lipschitz_lower_bound(
     Reference: power iteration on the Jacobian through ``jvp``/``vjp`` as in Virmaux & Scaman
     2018 (AutoLip); the difference-quotient ascent is the usual empirical lower bound.
     """
-    p = normalize_p(p)
+    p = check_p(p, "lipschitz_lower_bound")
     steps = _checks.num_iters(steps, "steps", minimum=1)
     restarts = _checks.num_iters(restarts, "restarts", minimum=1)
     power_iters = _checks.num_iters(power_iters, "power_iters", minimum=1)
@@ -466,7 +455,7 @@ class Tightness(NamedTuple):
     lower: LowerBound
 
 
-def tightness(model, xs, upper, *, key: jax.Array, p: int | str = 2, **lower_kwargs) -> Tightness:
+def tightness(model, xs, upper, *, key: jax.Array, p: float | str = 2, **lower_kwargs) -> Tightness:
     """How loose an upper bound is on ``model``: upper / (best lower bound found near ``xs``).
 
     Args:

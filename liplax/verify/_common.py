@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from liplax.certify import normalize_p
 from liplax.guarantee import Bound
+from liplax.nn._base import check_p
 from liplax.verify.adapters import weights_from_list
 
 EXTRA_HINT = "pip install 'liplax[verify]'"
@@ -66,11 +66,11 @@ def as_bound(value: float, kind: str) -> Bound:
     return Bound(np.asarray(value, dtype=np.float64), kind)
 
 
-def induced_norm(m: np.ndarray, p: int | str) -> float:
+def induced_norm(m: np.ndarray, p: float) -> float:
     """The p→p norm of x ↦ x @ m (x a row vector): ℓ∞ max column abs-sum, ℓ1 max row abs-sum."""
     if p == 2:
         return float(np.linalg.norm(m, 2))
-    if p == "inf":
+    if p == math.inf:
         return float(np.max(np.sum(np.abs(m), axis=0)))
     return float(np.max(np.sum(np.abs(m), axis=1)))
 
@@ -93,14 +93,14 @@ def spectral_norm_upper(m: np.ndarray) -> float:
     return math.sqrt(max(lam, 0.0) * (1.0 + 4.0 * sum(m.shape) * u))
 
 
-def trivial_bound(weights, *, p: int | str = 2) -> Bound:
+def trivial_bound(weights, *, p: float | str = 2) -> Bound:
     """Π_l ‖W_l‖_{p→p}: the product of the layers' norms (activations 1-Lipschitz).
 
     Valid for ReLU, |·| and CReLU activations in every p-norm (each is 1-Lipschitz for ℓ1, ℓ2
     and ℓ∞). Guarantee: ``upper`` (the ℓ2 factors are rounded up past float64 error). Computed
     in float64 NumPy; see ``liplax.bounds`` for the bound of an NNX model inside JAX.
     """
-    p = normalize_p(p)
+    p = check_p(p, "trivial_bound")
     ws = weights_from_list(weights)
     if p == 2:
         value = math.prod(spectral_norm_upper(w) for w in ws)

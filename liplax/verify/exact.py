@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from liplax.certify import normalize_p
+from liplax.nn._base import check_p
 from liplax.verify._common import (
     SolverError,
     TooLarge,
@@ -134,7 +134,7 @@ def _enumerate_l1inf(w1, on_off, *, p, max_patterns, widths):
     z = w1[:, :, None] * (e_on - e_off)[None]  # (d, n, m)
     d, _, m = z.shape
     low = min(n, max(0, int(math.log2(max(1.0, (1 << 21) / (d * m))))))
-    sum_axis = 1 if p == "inf" else 2  # ℓ∞: column abs-sums (over inputs); ℓ1: row abs-sums
+    sum_axis = 1 if p == math.inf else 2  # ℓ∞: column abs-sums (over inputs); ℓ1: row abs-sums
     lo = np.einsum("bk,ikj->bij", _bit_patterns(low, 0, 1 << low), z[:, :low])
     base = w1 @ e_off
     best, best_idx = -1.0, 0
@@ -190,7 +190,7 @@ def _milp_one_hidden(w1, on_off, p, gap):
     """ℓ∞: max_j max_{t,δ} t·(W1 L(δ))[:, j]; ℓ1: max_i max_{s,δ} (W1 L(δ))[i]·s; each a MILP."""
     e_on, e_off = on_off
     diff = e_on - e_off
-    if p == "inf":  # column j of W1 L(δ): Σ_k (t@W1)_k (δ_k diff_kj + off_kj)
+    if p == math.inf:  # column j of W1 L(δ): Σ_k (t@W1)_k (δ_k diff_kj + off_kj)
         problems = [(w1, diff[:, j], w1 @ e_off[:, j]) for j in range(diff.shape[1])]
         caps = np.abs(w1).sum(axis=0) @ np.maximum(np.abs(e_on), np.abs(e_off))
     else:  # row i of W1 L(δ): Σ_k W1_ik (δ_k diff_k + off_k)·s
@@ -308,7 +308,7 @@ def _choose_method(method, p, one_hidden_full_rank, n1, max_patterns):
 def exact_lipschitz(
     weights,
     *,
-    p: int | str = 2,
+    p: float | str = 2,
     activation: str = "relu",
     method: str = "auto",
     max_patterns: int = 1 << 22,
@@ -318,7 +318,7 @@ def exact_lipschitz(
 
     Args:
       weights: ``[W1, …, W_L]``, flax ``(in, out)`` layout (x ↦ σ(x@W1) … @ W_L), L ≥ 2.
-      p: ``2``, ``1`` or ``"inf"``.
+      p: ``2``, ``1`` or ``math.inf`` (or ``"inf"``).
       activation: ``"relu"``, ``"abs"`` or ``"crelu"`` (the same in every hidden layer).
       method: ``"auto"`` (default): with one hidden layer and W1 of full row rank,
         ``"enumerate"`` all 2^n patterns (vectorized float64), or for ℓ1/ℓ∞ beyond
@@ -337,7 +337,7 @@ def exact_lipschitz(
       TooLarge: the enumeration would exceed ``max_patterns`` (the message gives the count).
       SolverError: a MILP/LP did not reach optimality.
     """
-    p = normalize_p(p)
+    p = check_p(p, "exact_lipschitz")
     ws = weights_from_list(weights)
     check_chain(ws, activation)
     if isinstance(max_patterns, bool) or not isinstance(max_patterns, int) or max_patterns < 1:

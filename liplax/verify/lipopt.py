@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from liplax.certify import normalize_p
+from liplax.nn._base import check_p
 from liplax.verify._common import SolverError, TooLarge, VerifierResult, as_bound, require
 from liplax.verify.adapters import check_chain, weights_from_list
 
@@ -224,7 +224,7 @@ def lipopt(
     weights,
     *,
     degree: int = 2,
-    p: int | str = "inf",
+    p: float | str = "inf",
     sparse: bool = True,
     max_rows: int = 1_000_000,
 ) -> VerifierResult:
@@ -247,7 +247,7 @@ def lipopt(
       SolverError: an LP did not reach optimality (status in the message).
       TooLarge: the LP would exceed ``max_rows``.
     """
-    p = normalize_p(p)
+    p = check_p(p, "lipopt")
     if p == 2:
         raise ValueError("lipopt bounds the ℓ∞ and ℓ1 constants (p='inf' or 1); use lipsdp for ℓ2")
     ws = weights_from_list(weights)
