@@ -28,7 +28,7 @@ from jax import lax
 
 from liplax import _checks
 from liplax.guarantee import Bound, require_certified
-from liplax.nn._base import check_p
+from liplax.nn import check_p
 
 HEADS = ("global", "per_logit")
 
@@ -455,20 +455,28 @@ class Tightness(NamedTuple):
     lower: LowerBound
 
 
-def tightness(model, xs, upper, *, key: jax.Array, p: float | str = 2, **lower_kwargs) -> Tightness:
+def tightness(
+    model, xs, upper=None, *, key: jax.Array, p: float | str = 2, **lower_kwargs
+) -> Tightness:
     """How loose an upper bound is on ``model``: upper / (best lower bound found near ``xs``).
 
     Args:
       model: any callable (see :func:`lipschitz_lower_bound` for ``batched=True``).
       xs: data points to start the search from.
-      upper: the upper bound under test: a :class:`Bound` of kind ``exact``/``upper`` (e.g.
-        the trivial bound of ``liplax.bounds``) or a plain number. An ``estimate`` is refused.
+      upper: the upper bound under test: a :class:`Bound` of kind ``exact``/``upper`` or a plain
+        number. ``None`` (default): the model's trivial bound,
+        ``liplax.bounds.trivial_bound(model, xs.shape[1:], p=p)`` (a liplax model). An
+        ``estimate`` is refused.
       key, p, lower_kwargs: passed to :func:`lipschitz_lower_bound`.
 
     Returns:
       :class:`Tightness` with the ratio, the upper value and the lower-bound witnesses. The ratio
       over-states the looseness by however much the lower bound falls short of the truth.
     """
+    if upper is None:
+        from liplax.bounds import trivial_bound  # imported on use: only this default needs it
+
+        upper = trivial_bound(model, xs.shape[1:], p=p)
     up = _bound_value(upper, "upper")
     lower = lipschitz_lower_bound(model, xs, key=key, p=p, **lower_kwargs)
     return Tightness(ratio=up / lower.value, upper=up, lower=lower)

@@ -178,3 +178,15 @@ def test_tightness_is_upper_over_lower_on_a_batched_model():
     np.testing.assert_allclose(t.ratio, 3.0, rtol=1e-5)
     with pytest.raises(ValueError, match="estimate"):
         tightness(linear, XS, Bound(jnp.asarray(2.0), "estimate"), key=jax.random.key(1))
+
+
+def test_tightness_defaults_to_the_trivial_bound_of_a_liplax_model():
+    from flax import nnx
+
+    from liplax import bounds, nn
+
+    model = nn.Sequential(nn.Dense(5, 3, rngs=nnx.Rngs(0)))  # linear: the trivial bound is tight
+    model.eval()
+    t = tightness(model, XS, key=jax.random.key(1), steps=20, restarts=4, batched=True)
+    np.testing.assert_allclose(t.upper, bounds.trivial_bound(model, (5,)).value)
+    np.testing.assert_allclose(t.ratio, 1.0, rtol=1e-5)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from liplax.guarantee import Bound
-from liplax.nn._base import check_p
+from liplax.nn import check_p
 from liplax.verify.adapters import weights_from_list
 
 EXTRA_HINT = "pip install 'liplax[verify]'"

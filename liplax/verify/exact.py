@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from liplax.nn._base import check_p
+from liplax.nn import check_p
 from liplax.verify._common import (
     SolverError,
     TooLarge,
