@@ -32,6 +32,21 @@ def test_weights_from_sequential_and_layer_list():
             np.testing.assert_array_equal(g, e)
 
 
+def test_weights_from_liplax_model_uses_effective_kernels():
+    from liplax import nn
+
+    rngs = nnx.Rngs(1)
+    model = nn.Sequential(nn.SpectralDense(6, 4, rngs=rngs), nn.ReLU(), nn.Dense(4, 2, rngs=rngs))
+    model.eval()
+    ws = weights_from_model(model)
+    plain = nn.to_plain(model)
+    expected = [np.asarray(layer.kernel[...]) for layer in plain.layers if hasattr(layer, "kernel")]
+    for got, want in zip(ws, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    raw = np.asarray(model.layers[0].kernel[...])
+    assert not np.allclose(ws[0], raw)  # the normalized weight W/σ̂, not the raw parameter
+
+
 def test_weights_from_model_refuses_unordered_kernels():
     class Net(nnx.Module):
         def __init__(self, rngs):

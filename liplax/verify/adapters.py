@@ -105,6 +105,11 @@ def network_function(weights: Sequence, activation: str = "relu", dtype=None):
 
 
 def _kernel(node):
+    """The matrix a layer applies: ``effective_kernel()`` when it has one (liplax layers that
+    normalize or reparametrize their kernel), else ``.kernel``; None for anything else."""
+    effective = getattr(node, "effective_kernel", None)
+    if callable(effective):
+        return _array(effective())
     k = getattr(node, "kernel", None)
     return None if k is None else _array(k)
 
@@ -112,12 +117,14 @@ def _kernel(node):
 def weights_from_model(model) -> list[np.ndarray]:
     """The dense kernels of a model, in order, as float64 ``(in, out)`` matrices.
 
-    ``model`` is either a sequence of layers (objects with a ``.kernel``, e.g. ``nnx.Linear``) or
-    of matrices, or an NNX module: its sub-modules with a 2-D ``.kernel`` are collected in NNX
-    graph order (attributes sorted by name, list items by index). The result must chain
-    (out·K == next in, K = 1 or 2); otherwise pass the layers as a list in order. Layers that
-    transform their kernel before use (normalization, orthogonal parametrizations) must be given
-    as their effective matrices instead. Biases are ignored.
+    ``model`` is either a sequence of layers or of matrices, or an NNX module: its sub-modules
+    with a 2-D kernel are collected in NNX graph order (attributes sorted by name, list items by
+    index, as in ``nnx.Sequential`` and ``liplax.nn.Sequential``). A layer's matrix is its
+    ``effective_kernel()`` when it has one (liplax's spectral, Björck, AOL, ℓ∞ layers: the
+    normalized weight actually applied; call ``model.eval()`` first so no state moves), else its
+    ``.kernel`` (``nnx.Linear``). The result must chain (out·K == next in, K = 1 or 2);
+    otherwise pass the layers as a list in order. Only plain chains are meaningful to the
+    verifiers (no residual branches); biases are ignored.
     """
     if isinstance(model, Sequence) and not isinstance(model, str | np.ndarray):
         items = [_kernel(m) if _kernel(m) is not None else m for m in model]
