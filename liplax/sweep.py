@@ -259,8 +259,8 @@ def model_sweep(
     ``liplax.bounds.layer_bounds(models[i], ...)``.
 
     Guarantee: each :class:`~liplax.guarantee.Bound` keeps its kind (``upper`` when every factor
-    is ``exact``/``upper``, else ``estimate``; DESIGN.md §3). Lower bounds are not included
-    (``liplax.certify`` does not exist yet).
+    is ``exact``/``upper``, else ``estimate``; DESIGN.md §3). Empirical lower bounds
+    (:mod:`liplax.certify`, which needs data points) are not swept here yet.
 
     Args:
       models: a non-empty list or tuple of Flax NNX models with the same graph (same layers,
