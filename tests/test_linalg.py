@@ -65,8 +65,14 @@ def _schatten(w, p: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    split_slow(
+        [((1, 1), "float32"), ((7, 3), "float64"), ((10, 64), "float32"), ((1, 5), "float64")]
+        + [(shape, dt) for shape in SHAPES for dt in DTYPES],
+        4,
+    ),
+)
 def test_spectral_norm_exact(shape, dtype):
     w = _matrix(shape, dtype)
     with precision(dtype):
@@ -93,7 +99,7 @@ GRAM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape,kind,dtype", split_slow(GRAM_CASES, 6))
+@pytest.mark.parametrize("shape,kind,dtype", split_slow(GRAM_CASES, 4))
 def test_gram_bound_sound_and_is_the_schatten_norm(shape, kind, dtype):
     """gram_bound(num_iters=T) is ≥ the truth (no tolerance below) for every T, and (Gram iteration,
     DESIGN §4) no larger than the Schatten 2^(T+1) norm up to a small rounding margin."""
@@ -103,7 +109,7 @@ def test_gram_bound_sound_and_is_the_schatten_norm(shape, kind, dtype):
     gb = jitted(linalg.gram_bound)
     with precision(dtype):
         previous = math.inf
-        for t in (1, 3, 6, 10):
+        for t in (1, 6, 10):
             out = gb(w, num_iters=t)
             check_result_dtype(out, dtype)
             b = as_float(out, "upper")
@@ -120,7 +126,7 @@ def test_gram_bound_sound_and_is_the_schatten_norm(shape, kind, dtype):
                 assert b <= truth * min(shape) ** (2.0**-7) * (1 + margin)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", split_slow(["float32", "float64"], 1))
 def test_gram_bound_plain_call_default_iterations(dtype):
     w = _matrix((9, 4), dtype)
     with precision(dtype):
@@ -140,7 +146,7 @@ def test_power_iteration_estimate_from_below_and_converges(shape, dtype):
     truth = _truth(w)
     pi = jitted(linalg.power_iteration)
     with precision(dtype):
-        for n in (1, 20):
+        for n in (5,):
             est, u = pi(w, num_iters=n, key=KEY)
             check_result_dtype(est, dtype)
             e = as_float(est, "estimate")
@@ -158,7 +164,7 @@ def test_power_iteration_plain_call_default_iterations():
     assert np.all(np.isfinite(np.asarray(value(u))))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", split_slow(["float32", "float64"], 1))
 def test_power_iteration_warm_start(dtype):
     # Singular values 1, 0.95, 0.9, ...: a cold start with few iterations is visibly off.
     rng = np.random.default_rng(7)
@@ -192,8 +198,14 @@ def test_power_iteration_key_gives_a_valid_start(dtype):
             assert truth * 0.99 <= as_float(est) <= truth * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize(
+    "shape,dtype",
+    split_slow(
+        [((7, 3), "float32"), ((1, 5), "float64"), ((64, 10), "float32"), ((5, 1), "float64")]
+        + [(shape, dt) for shape in SHAPES for dt in DTYPES],
+        4,
+    ),
+)
 def test_norm_inf_and_norm_1_exact(shape, dtype):
     w = _matrix(shape, dtype)
     op = ref.dense_operator(w)  # acts on column vectors: y = wᵀ x
@@ -236,7 +248,7 @@ def _fd_directional(f, w, d, h=1e-6):
             ("spectral_norm", (5, 3)),
             ("spectral_norm", (1, 4)),
         ],
-        4,
+        2,
     ),
 )
 def test_gradients_match_finite_differences(name, shape):
@@ -296,7 +308,7 @@ def test_power_iteration_gradient_is_u1_v1(shape):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", split_slow(["float32", "float64"], 1))
 def test_jit_and_vmap_match_single_calls(dtype):
     rng = np.random.default_rng(5)
     ws = cast(rng.standard_normal((4, 7, 5)), dtype)
@@ -306,7 +318,7 @@ def test_jit_and_vmap_match_single_calls(dtype):
             fn = getattr(linalg, name)
             single = np.array([float(value(jitted(fn)(w))) for w in ws])
             plain = float(value(fn(ws[1])))
-            batched = np.asarray(value(jax.vmap(fn)(jnp.asarray(ws))))
+            batched = np.asarray(value(jax.jit(jax.vmap(fn))(jnp.asarray(ws))))
             assert batched.shape == (4,)
             np.testing.assert_allclose(plain, single[1], rtol=rtol, err_msg=name)
             np.testing.assert_allclose(batched, single, rtol=rtol, err_msg=name)
@@ -314,9 +326,9 @@ def test_jit_and_vmap_match_single_calls(dtype):
                 if name == "gram_bound":
                     assert_upper(float(b), _truth(w), f"vmapped gram_bound {dtype}")
         pi = jitted(linalg.power_iteration)
-        ests, states = jax.vmap(lambda w: linalg.power_iteration(w, num_iters=200, key=KEY))(
-            jnp.asarray(ws)
-        )
+        ests, states = jax.jit(
+            jax.vmap(lambda w: linalg.power_iteration(w, num_iters=200, key=KEY))
+        )(jnp.asarray(ws))
         ests = np.asarray(value(ests))
         assert ests.shape == (4,)
         singles = [as_float(pi(w, num_iters=200, key=KEY)[0]) for w in ws]
@@ -325,7 +337,7 @@ def test_jit_and_vmap_match_single_calls(dtype):
             t = _truth(w)
             assert t * 0.99 <= float(e) <= t * (1 + 1e-5)
         # vmapped warm start
-        ests2, _ = jax.vmap(lambda w, s: linalg.power_iteration(w, s, num_iters=2))(
+        ests2, _ = jax.jit(jax.vmap(lambda w, s: linalg.power_iteration(w, s, num_iters=2)))(
             jnp.asarray(ws), states
         )
         np.testing.assert_allclose(np.asarray(value(ests2)), ests, rtol=1e-4)

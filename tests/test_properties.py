@@ -25,6 +25,9 @@ from tests import reference as ref
 from tests._helpers import as_float, jitted, precision
 
 WIDE = os.environ.get("HYPOTHESIS_PROFILE", "default") == "fuzz"
+# float32 is where rounding can push a bound below the truth; float64 joins in the fuzz profile
+# (and is covered by the matrix tests of test_linalg.py / test_conv.py in the default run).
+DTYPE = st.sampled_from(["float32", "float64"]) if WIDE else st.just("float32")
 
 SCALES = [1.0, 1e-30, 1e30, 1e-20, 1e20, 3.7e-12, 2.0**60]
 MATRIX_KINDS = ["gaussian", "rank1", "near_rank_deficient", "repeated_top", "ternary", "one_entry"]
@@ -67,7 +70,7 @@ def matrices(draw):
     kind = draw(st.sampled_from(MATRIX_KINDS))
     scale = draw(st.sampled_from(SCALES))
     seed = draw(st.integers(0, 2**32 - 1))
-    dtype = draw(st.sampled_from(["float32", "float64"]))
+    dtype = draw(DTYPE)
     rng = np.random.default_rng(seed)
     m, n = shape
     r = min(m, n)
@@ -120,11 +123,10 @@ CONV_GEOMETRIES = [
     ((3, 1), (2, 2), (5, 4), 2, "CIRCULAR"),  # stride does not divide
     ((3, 3), (3, 2), (9, 9), 2, "SAME"),
     ((5, 5), (2, 2), (2, 2), 1, "SAME"),  # kernel larger than the input
-    ((3, 3), (2, 1), (1, 1), 2, "SAME"),  # 1x1 input
+    ((1, 1), (2, 1), (1, 1), 2, "SAME"),  # 1x1 input and kernel
     ((2, 2), (2, 3), (7, 5), (2, 1), "VALID"),
     ((3, 3), (2, 2), (5, 6), 2, ((1, 2), (0, 3))),
     ((5, 3), (2, 2), (2, 2), 1, ((2, 2), (1, 1))),  # kernel larger than the input
-    ((1, 1), (4, 2), (3, 3), 3, "SAME"),
     ((3, 3), (1, 1), (3, 3), 1, "VALID"),  # a single output pixel
 ]
 
@@ -154,7 +156,7 @@ def kernels(draw, kernel_hw, channels):
     kind = draw(st.sampled_from(KERNEL_KINDS))
     scale = draw(st.sampled_from(SCALES))
     seed = draw(st.integers(0, 2**32 - 1))
-    dtype = draw(st.sampled_from(["float32", "float64"]))
+    dtype = draw(DTYPE)
     rng = np.random.default_rng(seed)
     shape = (*kernel_hw, *channels)
     if kind == "gaussian":
@@ -233,6 +235,12 @@ def test_conv_gram_bound_is_sound(data):
             return
     truth, _ = ref.conv_truths(k, n_hw, strides, padding)
     _check_upper(b, truth, k)
+    if padding == "CIRCULAR" and _divides(strides, n_hw):
+        # the exact method on the same draw: matches the truth, and never exceeds the bound
+        with precision(dtype):
+            ex = as_float(jitted(conv.exact_spectral_norm)(kk, n_hw, strides=strides))
+        rtol = 1e-5 if dtype == "float32" else 1e-10
+        assert math.isfinite(ex) and abs(ex - truth) <= rtol * truth, f"exact {ex!r} vs {truth!r}"
 
 
 @given(st.data())
@@ -257,24 +265,3 @@ def test_conv_norm_inf_is_sound(data):
     if padding == "CIRCULAR":  # documented exact for circular padding
         rtol = 1e-5 if dtype == "float32" else 1e-10
         assert b <= linf * (1 + rtol), f"norm_inf (circular) {b!r} above truth {linf!r}"
-
-
-@given(st.data())
-def test_conv_exact_and_gram_bound_agree_for_circular(data):
-    """exact_spectral_norm ≤ gram_bound (up to exact's rounding) whenever both are defined."""
-    geometry = data.draw(conv_geometries())
-    kernel_hw, channels, n_hw, strides, _ = geometry
-    assume(_divides(strides, n_hw))
-    k, kind, scale = data.draw(kernels(kernel_hw, channels))
-    dtype = str(k.dtype)
-    note(f"geometry={geometry} kind={kind} scale={scale} dtype={dtype}")
-    with precision(dtype):
-        kk = jnp.asarray(k)
-        ex = as_float(jitted(conv.exact_spectral_norm)(kk, n_hw, strides=strides))
-        gb = as_float(
-            jitted(conv.gram_bound)(kk, n_hw, strides=strides, padding="CIRCULAR", num_iters=6)
-        )
-    truth, _ = ref.conv_truths(k, n_hw, strides, "CIRCULAR")
-    rtol = 1e-5 if dtype == "float32" else 1e-10
-    assert math.isfinite(ex) and abs(ex - truth) <= rtol * truth, (ex, truth)
-    _check_upper(gb, truth, k)

@@ -21,17 +21,17 @@ from tests._helpers import seed_of
 PADDINGS = ["CIRCULAR", "SAME", "VALID", ((1, 2), (0, 1)), ((2, 2), (2, 2)), ((0, 3), (3, 0)), 1]
 
 # (kernel hw, input hw): ordinary sizes, a kernel larger than the input, 1x1 inputs, rectangles.
-GEOMETRIES = [
-    ((3, 3), (8, 8)),
+GEOMETRIES = [  # the first six run by default
     ((3, 3), (9, 7)),
-    ((2, 2), (5, 5)),
-    ((5, 5), (3, 3)),  # kernel larger than the input
     ((5, 5), (2, 2)),  # kernel much larger: taps alias several times under CIRCULAR
+    ((7, 7), (3, 3)),  # circular pad (3, 3) = input 3: np.pad wrap wraps the whole input
     ((3, 3), (1, 1)),
+    ((5, 3), (9, 2)),
+    ((2, 2), (5, 5)),
+    ((3, 3), (8, 8)),
+    ((5, 5), (3, 3)),  # kernel larger than the input
     ((3, 1), (4, 6)),
     ((1, 1), (3, 3)),
-    ((5, 3), (9, 2)),
-    ((7, 7), (3, 3)),  # circular pad (3, 3) > input 3: np.pad wrap wraps more than once
 ]
 
 
@@ -58,9 +58,24 @@ def _valid_for(padding, input_hw, kernel_hw) -> bool:
     return True
 
 
-@pytest.mark.parametrize("strides", [1, 2, (2, 1)])
-@pytest.mark.parametrize("padding", PADDINGS, ids=str)
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize(
+    "strides",
+    [1, 2, pytest.param((2, 1), marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)],
+)
+@pytest.mark.parametrize(
+    "padding",
+    [
+        pytest.param(p, id=str(p), marks=() if i < 4 else pytest.mark.slow)
+        for i, p in enumerate(PADDINGS)
+    ],
+)
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        pytest.param(g, id=str(g), marks=() if i < 6 else pytest.mark.slow)
+        for i, g in enumerate(GEOMETRIES)
+    ],
+)
 def test_numpy_conv_is_flax_conv(geometry, padding, strides):
     (kh, kw), (h, w) = geometry
     if not _valid_for(padding, (h, w), (kh, kw)):
