@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from liplax import _checks
-from liplax.guarantee import gamma, guarantee
+from liplax.guarantee import gamma, guarantee, unit_roundoff
 from liplax.linalg import (
     flush_slack,
     gram_iteration,
@@ -371,7 +371,10 @@ def gram_bound(
     per_freq = gram_iteration(_side(frequency_matrices(kpoly, n_poly)), num_iters)
     bound = jnp.max(per_freq) + _dft_error(kpoly)
     d_in = hw[0] * hw[1] * cin
-    if num_iters >= 1 and d_in <= DENSE_LIMIT:
+    # The dense path needs A·eᵢ computed exactly: true for zero padding; circular padding gains
+    # nothing from it except for a stride that does not divide (and taps must not alias).
+    dense_ok = pads != "CIRCULAR" or (circ_st != st and kh <= hw[0] and kw <= hw[1])
+    if num_iters >= 1 and d_in <= DENSE_LIMIT and dense_ok:
         bound = jnp.minimum(bound, _dense_gram_bound(ks, hw, st, pads, num_iters))
     return s * (bound + slack)
 
@@ -379,14 +382,16 @@ def gram_bound(
 DENSE_LIMIT = 1024
 """Input dimension H·W·in up to which :func:`gram_bound` also runs Gram iteration on the
 materialized operator (O(d³) per step) and keeps the smaller of the two upper bounds: on small
-inputs the zero-padded norm lies measurably below the circular one (≈5% at 8×8)."""
+inputs the zero-padded norm lies measurably below the circular one (≈5% at 8×8). Used for zero
+padding, and for circular padding with a stride that does not divide the input."""
 
 
 def _dense_gram_bound(ks: jax.Array, hw, st, pads, num_iters: int) -> jax.Array:
     r"""Gram-iteration upper bound on ‖A‖₂ from the materialized B = AAᵀ of the true layer.
 
-    Row i of B is Aᵀ(A eᵢ): A eᵢ is exact (each output reads one non-zero input sample, up to
-    circular aliasing), and each entry of Aᵀ(·) sums at most kh·kw·out products, so
+    Row i of B is Aᵀ(A eᵢ): A eᵢ is exact (each output reads one non-zero input sample: the
+    caller never uses this with aliased circular taps), and each entry of Aᵀ(·) sums at most
+    kh·kw·out products, so
     ‖fl(B) − B‖₂ ≤ γ_{kh·kw·(out+1)}·‖A‖_F² (Higham §3.5, counting only non-zero terms).
     Then ‖A‖² = ‖B‖ ≤ gram(fl(B), T−1) + γ·tr(fl(B))(1 + γ), and gram(B, T−1) is the Schatten
     2^{T+1} norm of A squared, the same order as T steps on A.
@@ -460,33 +465,65 @@ def power_iteration(
 # --------------------------------------------------------------------------------------------
 
 
-def alias_kernel(kernel: jax.Array, input_hw: tuple[int, int]) -> jax.Array:
-    """Sum taps congruent modulo the input size: k_a[j] = Σ_{p ≡ j (mod n)} k[p] where k > n.
+def _alias_groups(kernel: jax.Array, input_hw: tuple[int, int]) -> jax.Array:
+    """(r, n_h', n_w', in, out): the r taps that land on each sample of a circular layer.
 
-    A circular convolution reads x[(s·i + p − lo) mod n], so taps p and p + n act on the same
-    sample; the circular layer with k_a is the same operator up to a cyclic shift of the input.
+    Tap p reads sample (p − lo) mod n, so taps p and p + n alias; axes where k ≤ n are unchanged.
     """
+    reps = []
     for axis, n in enumerate(input_hw):
         k = kernel.shape[axis]
-        if k > n:
-            reps = -(-k // n)
-            pad = [(0, 0)] * 4
-            pad[axis] = (0, reps * n - k)
-            kernel = jnp.pad(kernel, pad)
-            shape = list(kernel.shape)
-            shape[axis : axis + 1] = [reps, n]
-            kernel = kernel.reshape(shape).sum(axis=axis)
-    return kernel
+        r = -(-k // n) if k > n else 1
+        pad = [(0, 0)] * 4
+        pad[axis] = (0, r * n - k if k > n else 0)
+        kernel = jnp.pad(kernel, pad)
+        reps.append(r)
+    kh, kw, cin, cout = kernel.shape
+    nh, nw = kh // reps[0], kw // reps[1]
+    g = kernel.reshape(reps[0], nh, reps[1], nw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    return g.reshape(reps[0] * reps[1], nh, nw, cin, cout)
+
+
+def alias_kernel(kernel: jax.Array, input_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    r"""Aliased kernel k_a[j] = Σ_{p ≡ j (mod n)} k[p] of a circular layer, and its error bound.
+
+    A circular convolution reads x[(s·i + p − lo) mod n], so taps p and p + n act on one sample;
+    the circular layer with k_a is the same operator up to a cyclic shift of the input. The sum is
+    compensated (Knuth's TwoSum; Higham, *Accuracy and Stability*, Alg. 4.3) so that cancellation
+    does not cost accuracy: |fl(k_a) − k_a| ≤ 2u|k_a| + 2γ_r²·Σ|k| elementwise; the second
+    array returned is that bound (zero where nothing aliases).
+    """
+    groups = _alias_groups(kernel, input_hw)
+    total, comp = groups[0], jnp.zeros_like(groups[0])
+    for r in range(1, groups.shape[0]):
+        x = groups[r]
+        t = total + x
+        bp = t - total
+        comp = comp + ((total - (t - bp)) + (x - bp))
+        total = t
+    out = total + comp
+    r = groups.shape[0]
+    if r == 1:
+        return out, jnp.zeros_like(out)
+    u = unit_roundoff(kernel.dtype)
+    g = gamma(r, kernel.dtype)
+    err = 2.0 * u * jnp.abs(out) + 2.0 * g * g * jnp.sum(jnp.abs(groups), axis=0)
+    return out, err
 
 
 def _abs_sums(kernel, input_shape, strides, padding, transpose: bool) -> jax.Array:
     """Largest row (or column) sum of |A|, computed through the layer with kernel |k|."""
     kernel, hw, st, pads = _resolve(kernel, input_shape, strides, padding)
-    if pads == "CIRCULAR":
-        kernel = alias_kernel(kernel, hw)
     s = pow2_scale(kernel)
+    abs_k = jnp.abs(kernel / s)
+    if pads == "CIRCULAR" and (kernel.shape[0] > hw[0] or kernel.shape[1] > hw[1]):
+        # Aliased taps are a signed sum; its (small, compensated) error bound is added to
+        # |fl(Σk)| entry by entry so the result stays an upper bound under cancellation.
+        k_alias, err = alias_kernel(kernel / s, hw)
+        abs_k = jnp.abs(k_alias) + err
+        kernel = abs_k
     shape = (1, *hw, kernel.shape[2])
-    fwd = partial(_apply, jnp.abs(kernel / s), strides=st, pads=pads)
+    fwd = partial(_apply, abs_k, strides=st, pads=pads)
     if transpose:
         out = jax.eval_shape(fwd, jax.ShapeDtypeStruct(shape, kernel.dtype))
         (sums,) = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(shape, kernel.dtype))(
