@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/conv_norms.py
+	$(PY) benchmarks/verifiers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

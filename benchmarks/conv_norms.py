@@ -1,0 +1,148 @@
+"""Time and value of the convolution norm operators against a plain NumPy baseline, same process.
+
+Writes JSON to stdout and to ``benchmarks/results/conv_norms.json``. Each timing is the median of
+``--repeats`` runs after a warm-up (compilation excluded), with ``block_until_ready``. The
+baseline is the textbook method: ``np.fft.fft2`` of the zero-padded kernel and a batched
+``np.linalg.svd(compute_uv=False)`` over all N² frequencies. NumPy's BLAS thread pool can fight
+JAX's threads on a small machine, so the baseline is timed both with its default pool and with
+one BLAS thread (threadpoolctl), and the faster of the two is the reference for the speedups.
+
+Floors (issue 2): ``gram_bound`` (6 iterations) and ``exact_spectral_norm`` each ≥ 3× faster than
+the baseline; the zero-padding bound within 1% of the converged power-iteration value.
+
+Run: ``python benchmarks/conv_norms.py [--repeats 10] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from liplax import conv
+
+CASES = [  # (cin, cout, kh, kw, n): HWIO kernels (kh, kw, cin, cout) at n×n.
+    (64, 64, 3, 3, 32),
+    (128, 128, 3, 3, 16),
+]
+
+
+def _time(fn, repeats: int) -> tuple[float, object]:
+    out = fn()
+    jax.block_until_ready(out)  # warm-up: compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def numpy_baseline(kernel: np.ndarray, n: int) -> float:
+    """Sedghi et al.'s method in NumPy: full FFT of the zero-padded kernel, SVD per frequency."""
+    k = np.transpose(kernel, (2, 3, 0, 1))  # (cin, cout, kh, kw)
+    mats = np.fft.fft2(k, s=(n, n), axes=(2, 3))  # (cin, cout, n, n)
+    mats = np.transpose(mats, (2, 3, 0, 1)).reshape(n * n, k.shape[0], k.shape[1])
+    return float(np.linalg.svd(mats, compute_uv=False).max())
+
+
+def run_case(cin: int, cout: int, kh: int, kw: int, n: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    kernel_np = (rng.standard_normal((kh, kw, cin, cout)) / np.sqrt(kh * kw * cin)).astype(
+        np.float32
+    )
+    kernel = jnp.asarray(kernel_np)
+    hw = (n, n)
+    rows = {}
+
+    t, v = _time(lambda: numpy_baseline(kernel_np, n), repeats)
+    rows["numpy_fft_svd"] = {"seconds": t, "value": v, "kind": "exact"}
+    base = t
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # the experiments extra is not installed: default pool only
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        with threadpool_limits(1):
+            t1, _ = _time(lambda: numpy_baseline(kernel_np, n), repeats)
+        rows["numpy_fft_svd_1thread"] = {"seconds": t1, "value": v, "kind": "exact"}
+        base = min(base, t1)
+
+    def add(name, fn, kind):
+        jitted = jax.jit(fn)
+        t, v = _time(lambda: jitted(kernel), repeats)
+        if isinstance(v, tuple):
+            v = v[0]
+        rows[name] = {"seconds": t, "value": float(v), "kind": kind, "speedup_vs_numpy": base / t}
+
+    add("exact_spectral_norm", partial(conv.exact_spectral_norm, input_shape=hw), "exact")
+    for it in (4, 5, 6):
+        add(
+            f"gram_bound_circular_{it}",
+            partial(conv.gram_bound, input_shape=hw, padding="CIRCULAR", num_iters=it),
+            "upper",
+        )
+    add("gram_bound_same_6", partial(conv.gram_bound, input_shape=hw, padding="SAME"), "upper")
+    key = jax.random.key(0)
+    for it in (50, 100):
+        add(
+            f"power_iteration_same_{it}",
+            partial(conv.power_iteration, input_shape=hw, padding="SAME", num_iters=it, key=key),
+            "estimate",
+        )
+    # A converged reference for the tightness floor (not timed against the floor).
+    ref, _ = jax.jit(
+        partial(conv.power_iteration, input_shape=hw, padding="SAME", num_iters=1000, key=key)
+    )(kernel)
+    ref = float(ref)
+    return {
+        "kernel_hwio": [kh, kw, cin, cout],
+        "input_shape": [n, n],
+        "baseline_seconds": base,
+        "results": rows,
+        "power_iteration_same_1000": ref,
+        "zero_padding_bound_over_converged_power": rows["gram_bound_same_6"]["value"] / ref,
+        "circular_gram6_over_exact": rows["gram_bound_circular_6"]["value"]
+        / rows["exact_spectral_norm"]["value"],
+        "floors": {
+            "gram6_speedup_ge_3": rows["gram_bound_circular_6"]["speedup_vs_numpy"] >= 3.0,
+            "exact_speedup_ge_3": rows["exact_spectral_norm"]["speedup_vs_numpy"] >= 3.0,
+            "zero_padding_within_1pct": rows["gram_bound_same_6"]["value"] / ref <= 1.01,
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "conv_norms.json")
+    )
+    args = ap.parse_args()
+    report = {
+        "benchmark": "conv_norms",
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "repeats": args.repeats,
+        "cases": [run_case(*c, repeats=args.repeats) for c in CASES],
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Lipschitz layers for Flax NNX (DESIGN.md §3–4).
+
+Every layer and activation has ``output_shape(input_shape)``, ``lipschitz_bound(input_shape, *,
+p=2) -> Bound`` (certified where possible) and ``lipschitz_estimate`` (the fast penalty value).
+``input_shape`` is one example's shape without the batch axis: ``(in,)`` for dense layers,
+``(H, W, C)`` for convolutions. ``p`` is 1, 2 or ``inf``. Power-iteration vectors live in
+:class:`PowerIterState` variables created in ``__init__``; they move in training mode only
+(``model.eval()`` freezes them); parameters are never written.
+"""
+
+from liplax.nn._base import LipschitzModule, PowerIterState, check_p
+from liplax.nn.activations import (
+    Abs,
+    Activation,
+    CosSin,
+    CReLU,
+    FullSort,
+    GroupSort,
+    MaxMin,
+    PolyActivation,
+    ReLU,
+    SinPoly,
+    cos_sin,
+    crelu,
+    full_sort,
+    group_sort,
+    max_min,
+    poly_activation,
+    sin_poly,
+)
+from liplax.nn.aol import AOLConv, AOLDense, aol_conv, aol_dense
+from liplax.nn.bjorck import BjorckDense, bjorck
+from liplax.nn.containers import Residual, Sequential, bound_of, log_bound_of, output_shape_of
+from liplax.nn.conv import Conv
+from liplax.nn.dense import Dense
+from liplax.nn.export import to_plain
+from liplax.nn.linf import LinfDense, project_l1_ball
+from liplax.nn.misc import AvgPool, Flatten, MaxPool, Scale
+from liplax.nn.sinusoidal import SinusoidalDense
+from liplax.nn.spectral import SpectralConv, SpectralDense
+
+__all__ = [
+    "AOLConv",
+    "AOLDense",
+    "Abs",
+    "Activation",
+    "AvgPool",
+    "BjorckDense",
+    "CReLU",
+    "Conv",
+    "CosSin",
+    "Dense",
+    "Flatten",
+    "FullSort",
+    "GroupSort",
+    "LinfDense",
+    "LipschitzModule",
+    "MaxMin",
+    "MaxPool",
+    "PolyActivation",
+    "PowerIterState",
+    "ReLU",
+    "Residual",
+    "Scale",
+    "Sequential",
+    "SinPoly",
+    "SinusoidalDense",
+    "SpectralConv",
+    "SpectralDense",
+    "aol_conv",
+    "aol_dense",
+    "bjorck",
+    "bound_of",
+    "check_p",
+    "cos_sin",
+    "crelu",
+    "full_sort",
+    "group_sort",
+    "log_bound_of",
+    "max_min",
+    "output_shape_of",
+    "poly_activation",
+    "project_l1_ball",
+    "sin_poly",
+    "to_plain",
+]

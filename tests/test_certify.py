@@ -1,0 +1,192 @@
+"""Certified radius/accuracy hand-checked on constructed logits; lower bounds on known maps."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liplax.certify import (
+    certified_accuracy,
+    certified_radius,
+    lipschitz_lower_bound,
+    tightness,
+)
+from liplax.guarantee import Bound
+
+# Four examples: a clear win (margin 2), a tie between the label and another class, a tie
+# between two other classes above the label, and a misclassified point.
+LOGITS = jnp.array([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0], [1.0, 5.0, 5.0], [1.0, 4.0, 0.0]])
+LABELS = jnp.array([0, 1, 0, 0])
+
+
+@pytest.mark.parametrize(
+    "p, head, factor",
+    [(2, "global", math.sqrt(2.0)), ("inf", "global", 2.0), (1, "global", 1.0),
+     (2, "per_logit", 2.0), (np.inf, "per_logit", 2.0)],
+)
+def test_radius_hand_checked_with_ties(p, head, factor):
+    r = certified_radius(LOGITS, LABELS, 0.5, p=p, head=head)
+    np.testing.assert_allclose(r, [2.0 / (factor * 0.5), 0.0, 0.0, 0.0], rtol=1e-6)
+
+
+def test_radius_input_scale_uses_smallest_scale():
+    base = certified_radius(LOGITS, LABELS, Bound(jnp.asarray(0.5), "upper"))
+    np.testing.assert_allclose(certified_radius(LOGITS, LABELS, 0.5, input_scale=0.25), base / 4)
+    np.testing.assert_allclose(
+        certified_radius(LOGITS, LABELS, 0.5, input_scale=jnp.array([0.5, 0.2, 1.0])), base * 0.2
+    )
+
+
+def test_accuracy_strict_and_tie_safe():
+    # per-logit ℓ2: radius of example 0 is 2 / (2·0.5) = 2 exactly.
+    acc = certified_accuracy(
+        LOGITS, LABELS, 0.5, jnp.array([0.0, 1.999, 2.0, 3.0]), head="per_logit"
+    )
+    np.testing.assert_allclose(acc, [0.25, 0.25, 0.0, 0.0])  # margin = 2·L·ε is not certified
+    assert certified_accuracy(LOGITS, LABELS, 0.5, 0.0).shape == ()
+    # per-example bounds broadcast against the labels
+    acc = certified_accuracy(LOGITS, LABELS, jnp.array([0.1, 1.0, 1.0, 1.0]), 1.0, p="inf")
+    np.testing.assert_allclose(acc, 0.25)
+
+
+@pytest.mark.parametrize("p, head", [(2, "global"), ("inf", "global"), (2, "per_logit")])
+def test_radius_sound_and_tight_on_linear_two_class_map(p, head):
+    """For f(x) = x·[a, −a] the factor is attained: the radius equals the flip distance."""
+    a = 0.7
+    A = np.array([[a, -a]])
+    if head == "per_logit":
+        lip = a  # each logit ±a·x is a-Lipschitz
+    elif p == "inf":
+        lip = np.abs(A).sum(axis=0).max()  # ‖x ↦ xA‖_{∞→∞}: max column abs-sum
+    else:
+        lip = np.linalg.norm(A, 2)
+    xs = np.array([[1.3], [-0.4], [2.0]])
+    logits = xs @ A
+    labels = np.argmax(logits, axis=1)
+    r = certified_radius(jnp.asarray(logits), jnp.asarray(labels), lip, p=p, head=head)
+    flip = np.abs(xs[:, 0])  # the decision boundary is x = 0
+    np.testing.assert_allclose(r, flip, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad, err, match",
+    [
+        (Bound(jnp.asarray(1.0), "estimate"), ValueError, "estimate"),
+        (float("nan"), ValueError, "finite"),
+        (float("inf"), ValueError, "finite"),
+        (-1.0, ValueError, "≥ 0"),
+    ],
+)
+def test_refuses_bad_lipschitz(bad, err, match):
+    with pytest.raises(err, match=match):
+        certified_radius(LOGITS, LABELS, bad)
+    with pytest.raises(err, match=match):
+        certified_accuracy(LOGITS, LABELS, bad, 0.1)
+
+
+def test_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="logits must be finite"):
+        certified_radius(LOGITS.at[0, 0].set(jnp.nan), LABELS, 1.0)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        certified_radius(LOGITS, jnp.array([0, 1, 2, 3]), 1.0)
+    with pytest.raises(TypeError, match="integer"):
+        certified_radius(LOGITS, jnp.zeros(4), 1.0)
+    with pytest.raises(ValueError, match="head"):
+        certified_radius(LOGITS, LABELS, 1.0, head="both")
+    with pytest.raises(ValueError, match="p must be"):
+        certified_radius(LOGITS, LABELS, 1.0, p=3)
+    with pytest.raises(ValueError, match="input_scale"):
+        certified_radius(LOGITS, LABELS, 1.0, input_scale=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        certified_accuracy(LOGITS, LABELS, 1.0, -0.1)
+
+
+def test_certify_under_jit_matches_eager():
+    bound = Bound(jnp.asarray(0.5), "exact")
+    jitted = jax.jit(lambda lg, lb, b: certified_radius(lg, lb, b))(LOGITS, LABELS, bound)
+    np.testing.assert_allclose(jitted, certified_radius(LOGITS, LABELS, bound))
+
+
+# ----------------------------------------------------------------------------- lower bounds
+
+RNG = np.random.default_rng(0)
+A = RNG.normal(size=(5, 3)).astype(np.float32)
+XS = jnp.asarray(RNG.normal(size=(6, 5)), jnp.float32)
+
+
+def linear(x):
+    return x @ A
+
+
+@functools.cache
+def linear_lower(p):
+    if p == 2:  # through an outer jax.jit: the whole search is jit-able
+        run = jax.jit(functools.partial(lipschitz_lower_bound, linear, p=2, steps=20, restarts=4))
+        return run(XS, key=jax.random.key(1))
+    return lipschitz_lower_bound(linear, XS, key=jax.random.key(1), p=p, steps=20, restarts=4)
+
+
+@pytest.mark.parametrize(
+    "p, truth",
+    [(2, np.linalg.norm(A, 2)), ("inf", np.abs(A).sum(0).max()), (1, np.abs(A).sum(1).max())],
+)
+def test_lower_bound_attains_the_norm_of_a_linear_map(p, truth):
+    res = linear_lower(p)
+    assert res.bound.kind == "estimate"
+    np.testing.assert_allclose(res.value, truth, rtol=1e-5)
+    assert res.value <= truth * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("p", [2, "inf", 1])
+def test_lower_bound_witnesses_reproduce_its_values(p):
+    res = linear_lower(p)
+    order = {2: 2, "inf": np.inf, 1: 1}[p]
+    A64 = A.astype(np.float64)
+    v = np.asarray(res.direction, np.float64)
+    gain = np.linalg.norm(v @ A64, order) / np.linalg.norm(v, order)
+    np.testing.assert_allclose(res.local_gain, gain, rtol=1e-5)
+    x, y = np.asarray(res.x, np.float64), np.asarray(res.y, np.float64)
+    ratio = np.linalg.norm((x - y) @ A64, order) / np.linalg.norm(x - y, order)
+    np.testing.assert_allclose(res.pair_ratio, ratio, rtol=1e-4)
+
+
+def test_lower_bound_refused_by_certification():
+    with pytest.raises(ValueError, match="estimate"):
+        certified_radius(LOGITS, LABELS, linear_lower(2).bound)
+
+
+def test_lower_bound_argument_checks():
+    with pytest.raises(ValueError, match="steps"):
+        lipschitz_lower_bound(linear, XS, key=jax.random.key(0), steps=0)
+    with pytest.raises(ValueError, match="xs"):
+        lipschitz_lower_bound(linear, XS[0], key=jax.random.key(0))
+    with pytest.raises(TypeError, match="callable"):
+        lipschitz_lower_bound(A, XS, key=jax.random.key(0))
+
+
+def test_tightness_is_upper_over_lower_on_a_batched_model():
+    upper = np.linalg.norm(A, 2) * 3.0
+    t = tightness(
+        lambda xb: xb @ A, XS, upper, key=jax.random.key(1), steps=20, restarts=4, batched=True
+    )
+    # same key, same search: eager on a batched model = jitted on the single-example map
+    np.testing.assert_allclose(t.lower.value, linear_lower(2).value, rtol=1e-6)
+    np.testing.assert_allclose(t.ratio, upper / t.lower.value, rtol=1e-6)
+    np.testing.assert_allclose(t.ratio, 3.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="estimate"):
+        tightness(linear, XS, Bound(jnp.asarray(2.0), "estimate"), key=jax.random.key(1))
+
+
+def test_tightness_defaults_to_the_trivial_bound_of_a_liplax_model():
+    from flax import nnx
+
+    from liplax import bounds, nn
+
+    model = nn.Sequential(nn.Dense(5, 3, rngs=nnx.Rngs(0)))  # linear: the trivial bound is tight
+    model.eval()
+    t = tightness(model, XS, key=jax.random.key(1), steps=20, restarts=4, batched=True)
+    np.testing.assert_allclose(t.upper, bounds.trivial_bound(model, (5,)).value)
+    np.testing.assert_allclose(t.ratio, 1.0, rtol=1e-5)

@@ -1,0 +1,151 @@
+"""exact_lipschitz against an independent brute force over activation patterns."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import linprog
+
+from liplax.verify import TooLarge, crelu_to_relu, exact_lipschitz
+from tests.verify_helpers import random_weights
+
+ORD = {2: 2, "inf": 1, 1: np.inf}  # numpy matrix-norm order of J for the map x ↦ x @ J
+
+
+def _jacobian(ws, patterns, activation):
+    """J of x ↦ σ(… σ(x@W1) …)@W_L on the region with the given 0/1 patterns."""
+    jac = ws[0]
+    for d, w in zip(patterns, ws[1:], strict=True):
+        n = d.size
+        if activation == "relu":
+            jac = jac @ (d[:, None] * w)
+        elif activation == "abs":
+            jac = jac @ ((2 * d - 1)[:, None] * w)
+        else:  # crelu: d/dz relu(z) = [z>0], d/dz relu(−z) = −[z<0]
+            jac = jac @ (d[:, None] * w[:n] - (1 - d)[:, None] * w[n:])
+    return jac
+
+
+def _region_exists(ws, patterns, activation):
+    """max t s.t. every non-vanishing pre-activation has its sign with margin t, ‖x‖∞ ≤ 1."""
+    d_in = ws[0].shape[0]
+    rows, coef = [], ws[0]
+    for d, w in zip(patterns, ws[1:], strict=True):
+        for k in range(d.size):
+            if np.linalg.norm(coef[:, k]) > 1e-12:
+                rows.append((1.0 if d[k] else -1.0) * coef[:, k])
+        coef = _jacobian([coef, w], [d], activation)
+    a = np.asarray(rows)
+    res = linprog(
+        np.r_[np.zeros(d_in), -1.0],
+        A_ub=np.c_[-a, np.ones(len(a))],
+        b_ub=np.zeros(len(a)),
+        bounds=[(-1, 1)] * d_in + [(None, 1)],
+        method="highs",
+    )
+    return res.status == 0 and -res.fun > 1e-9
+
+
+def brute_force(ws, p, activation="relu", check_regions=True):
+    widths = [w.shape[1] for w in ws[:-1]]
+    best = 0.0
+    for combo in itertools.product(*(itertools.product([0.0, 1.0], repeat=n) for n in widths)):
+        patterns = [np.asarray(c) for c in combo]
+        if check_regions and not _region_exists(ws, patterns, activation):
+            continue
+        best = max(best, np.linalg.norm(_jacobian(ws, patterns, activation), ORD[p]))
+    return best
+
+
+def _net(seed, dims, activation="relu"):
+    return random_weights(seed, dims, crelu=activation == "crelu")
+
+
+@pytest.mark.parametrize("dims", [[7, 6, 3], [5, 3, 6]], ids=["narrow-out", "wide-out"])
+@pytest.mark.parametrize("activation", ["relu", "abs", "crelu"])
+@pytest.mark.parametrize("p", [2, "inf", 1])
+def test_one_hidden_layer_matches_brute_force(p, activation, dims):
+    ws = _net(1, dims, activation)  # W1 has full row rank: every pattern is a region
+    truth = brute_force(ws, p, activation, check_regions=False)
+    methods = ["enumerate", "regions"] + (["milp"] if p != 2 else [])
+    for method in methods:
+        res = exact_lipschitz(ws, p=p, activation=activation, method=method)
+        assert res.bound.kind == "exact" and res.details["method"] == method
+        np.testing.assert_allclose(float(res), truth, rtol=1e-6, err_msg=method)
+
+
+@pytest.mark.parametrize(
+    "dims", [[3, 6, 2], [6, 5, 4, 2], [4, 4, 5, 1]], ids=["rank-deficient", "3-layer", "3-layer-b"]
+)
+@pytest.mark.parametrize("p", [2, "inf"])
+def test_region_search_matches_brute_force(dims, p):
+    ws = _net(2, dims)
+    res = exact_lipschitz(ws, p=p)
+    assert res.details["method"] == "regions"
+    np.testing.assert_allclose(float(res), brute_force(ws, p), rtol=1e-6)
+
+
+def test_unreachable_patterns_are_not_counted():
+    # Second hidden layer fed by non-negative weights from ReLUs: its units are never negative,
+    # so patterns with them off (other than the dead all-off first layer) do not exist.
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(size=(4, 3))
+    w2 = np.abs(rng.normal(size=(3, 2)))
+    w3 = np.array([[1.0], [-1.0]])
+    ws = [w1, w2, w3]
+    exact = float(exact_lipschitz(ws, p=2))
+    assert exact < brute_force(ws, 2, check_regions=False) - 1e-3
+    np.testing.assert_allclose(exact, brute_force(ws, 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [[6, 5, 3], [5, 4, 4, 2]])
+def test_witness_point_lies_in_the_maximizing_region(dims):
+    ws = _net(4, dims)
+    res = exact_lipschitz(ws, p=2)
+    h = res.details["point"]
+    for w, d in zip(ws[:-1], res.details["patterns"], strict=True):
+        z = h @ w
+        live = np.abs(z) > 1e-9
+        np.testing.assert_array_equal((z > 0)[live], d[live].astype(bool))
+        h = np.maximum(z, 0.0)
+    # the Jacobian there, by central differences of the network (it is linear on the region)
+    x, eps = res.details["point"], 1e-6
+
+    def f(v):
+        for w in ws[:-1]:
+            v = np.maximum(v @ w, 0.0)
+        return v @ ws[-1]
+
+    jac = np.stack([(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in np.eye(x.size)])
+    np.testing.assert_allclose(np.linalg.norm(jac, 2), float(res), rtol=1e-6)
+
+
+def test_crelu_equals_its_relu_rewriting():
+    ws = _net(5, [6, 4, 2], "crelu")
+    for p in (2, "inf"):
+        a = float(exact_lipschitz(ws, p=p, activation="crelu"))
+        b = exact_lipschitz(crelu_to_relu(ws), p=p)  # [W, −W] is rank-deficient: region search
+        assert b.details["method"] == "regions"
+        np.testing.assert_allclose(a, float(b), rtol=1e-6)
+
+
+def test_too_large_says_what_it_needs():
+    ws = _net(6, [30, 24, 2])
+    with pytest.raises(TooLarge, match="16,777,216.*max_patterns=4,194,304.*lipsdp"):
+        exact_lipschitz(ws, p=2)
+    with pytest.raises(TooLarge, match="region search"):
+        exact_lipschitz(_net(6, [8, 12, 12, 1]), p="inf")
+
+
+def test_argument_errors():
+    ws = _net(7, [5, 4, 2])
+    with pytest.raises(ValueError, match="inputs"):
+        exact_lipschitz([ws[0], ws[0]])
+    with pytest.raises(ValueError, match="at least 2"):
+        exact_lipschitz(ws[:1])
+    with pytest.raises(ValueError, match="milp"):
+        exact_lipschitz(ws, p=2, method="milp")
+    with pytest.raises(ValueError, match="full row rank"):
+        exact_lipschitz(_net(7, [2, 4, 1]), method="enumerate")
+    with pytest.raises(ValueError, match="activation"):
+        exact_lipschitz(ws, activation="tanh")
