@@ -21,6 +21,7 @@ if "numpy" in sys.modules:  # too late for the environment: limit the loaded poo
     except ImportError:  # pragma: no cover
         pass
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 _COMMON = dict(
@@ -31,3 +32,20 @@ _COMMON = dict(
 settings.register_profile("default", max_examples=50, **_COMMON)
 settings.register_profile("fuzz", max_examples=10_000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+_TESTS_RUN = [0]
+
+
+@pytest.fixture(autouse=True)
+def _bounded_jax_caches():
+    """Drop JAX's compiled-function caches every 100 tests.
+
+    The slow sweeps compile thousands of shapes; every executable maps memory, and past
+    vm.max_map_count (65530 here) XLA aborts mid-compile (seen at ~360 matrix cases)."""
+    yield
+    _TESTS_RUN[0] += 1
+    if _TESTS_RUN[0] % 100 == 0:
+        import jax
+
+        jax.clear_caches()
