@@ -20,9 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from liplax import linalg
-from liplax.guarantee import Bound
-from liplax.nn._base import check_p, positive_int
-from liplax.nn.dense import DenseBase, matrix_bound
+from liplax.nn._base import positive_int
+from liplax.nn.dense import DenseBase
 
 _HI = lax.Precision.HIGHEST
 COEFFS = {1: (1.5, -0.5), 2: (15.0 / 8.0, -5.0 / 4.0, 3.0 / 8.0)}
@@ -113,13 +112,3 @@ class BjorckDense(DenseBase):
             num_iters=self.num_iters,
             stop_gradient=self.stop_gradient,
         )
-
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        """Certified ℓp norm of the orthonormalized weight actually applied (exact)."""
-        p = self._p(p)
-        self.output_shape(input_shape)
-        return matrix_bound(self.effective_kernel(), p)
-
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
-        check_p(p, f"{self.layer_name}.lipschitz_estimate")
-        return self.lipschitz_bound(input_shape, p=p)

@@ -132,6 +132,17 @@ class DenseBase(LipschitzModule):
         """The matrix the layer applies (normalization folded in), without moving any state."""
         return self.kernel[...]
 
+    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+        """Exact ℓp norm (SVD for p=2, abs sums for p=1, ∞) of the matrix actually applied."""
+        p = self._p(p)
+        self.output_shape(input_shape)
+        return matrix_bound(self.effective_kernel(), p)
+
+    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
+        """The certified bound itself (layers without a cheaper estimate)."""
+        check_p(p, f"{self.layer_name}.lipschitz_estimate")
+        return self.lipschitz_bound(input_shape, p=p)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         check_features(x, self.in_features, self.layer_name)
         y = x @ self._forward_kernel()

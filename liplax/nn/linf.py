@@ -13,9 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from liplax.guarantee import Bound
-from liplax.nn._base import check_p
-from liplax.nn.dense import DenseBase, matrix_bound
+from liplax.nn.dense import DenseBase
 
 
 def project_l1_ball(w: jax.Array, radius: float = 1.0, axis: int = 0) -> jax.Array:
@@ -46,13 +44,3 @@ class LinfDense(DenseBase):
 
     def effective_kernel(self) -> jax.Array:
         return project_l1_ball(self.kernel[...], 1.0, axis=0)
-
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        """Exact ℓp norm (SVD for p=2, abs sums for p=1, ∞) of the projected weight."""
-        p = self._p(p)
-        self.output_shape(input_shape)
-        return matrix_bound(self.effective_kernel(), p)
-
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
-        check_p(p, f"{self.layer_name}.lipschitz_estimate")
-        return self.lipschitz_bound(input_shape, p=p)
