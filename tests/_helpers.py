@@ -88,6 +88,18 @@ def assert_exact(got: float, truth: float, dtype: str, what: str) -> None:
     )
 
 
+def abs_sum_rtol(n_terms: int, dtype: str) -> float:
+    """Relative tolerance of an `exact` sum of ``n_terms`` absolute values (an induced l_inf/l_1
+    norm) computed in ``dtype``: the larger of the `exact` tolerance and 3·γ_n, γ_n = n·u/(1 − n·u)
+    being the standard bound on the rounding error of an n-term sum (Higham, Accuracy and
+    Stability of Numerical Algorithms, §4.2); a sound result may sit above the truth by about
+    that much. Below the truth no tolerance applies to an upper bound."""
+    dt = "float32" if dtype in ("float32", "bfloat16", "float16") else "float64"
+    u = float(np.finfo(np.dtype(dt)).eps) / 2
+    gamma = n_terms * u / (1 - n_terms * u)
+    return max(EXACT_RTOL[dt], 3 * gamma)
+
+
 def names_argument(excinfo, *names: str) -> bool:
     """Whether the error (a pytest ExceptionInfo or an exception) names one of ``names``."""
     msg = str(getattr(excinfo, "value", excinfo))

@@ -37,15 +37,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 _TESTS_RUN = [0]
 
 
+def _memory_map_count() -> int | None:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
 @pytest.fixture(autouse=True)
 def _bounded_jax_caches():
-    """Drop JAX's compiled-function caches every 100 tests.
+    """Drop JAX's compiled-function caches when the process holds too many memory maps.
 
     The slow sweeps compile thousands of shapes; every executable maps memory, and past
-    vm.max_map_count (65530 here) XLA aborts mid-compile (seen at ~360 matrix cases)."""
+    vm.max_map_count (65530 here) XLA aborts mid-compile (seen at ~360 matrix cases). Checked
+    every 10 tests; where /proc is missing, the caches are dropped every 100 tests instead."""
     yield
     _TESTS_RUN[0] += 1
-    if _TESTS_RUN[0] % 100 == 0:
+    if _TESTS_RUN[0] % 10:
+        return
+    maps = _memory_map_count()
+    if (maps is None and _TESTS_RUN[0] % 100 == 0) or (maps is not None and maps > 25_000):
         import jax
 
         jax.clear_caches()
