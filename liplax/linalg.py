@@ -81,13 +81,6 @@ def spectral_norm(w: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _frobenius(g: jax.Array) -> jax.Array:
-    """‖g‖_F over the last two axes, with a finite (zero) gradient at g = 0."""
-    ss = jnp.sum(jnp.real(g * jnp.conj(g)), axis=(-2, -1))
-    pos = ss > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
-
-
 def flush_slack(x: jax.Array, s: jax.Array, norm_of_unit_perturbation: float) -> jax.Array:
     """Additive slack (in units of x/s) covering entries that XLA flushes to zero.
 
