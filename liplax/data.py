@@ -11,7 +11,8 @@
   the file name.
 - :func:`batch_indices`: the indices of the batch at a training step, a pure function of
   ``(key, step)``: epoch e = step // steps_per_epoch is shuffled by the permutation drawn from
-  ``fold_in(key, e)``, so a run resumed at step s sees exactly the batches it would have seen.
+  ``fold_in(key, e)`` (:func:`epoch_permutation`), so a run resumed at step s sees exactly the
+  batches it would have seen.
 
 Images are NHWC float32 in [0, 1] with one channel; labels are int32.
 """
@@ -311,6 +312,17 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
+def epoch_permutation(key: jax.Array, n: int, epoch) -> jax.Array:
+    """The order of the n examples in epoch ``epoch``: ``permutation(fold_in(key, epoch), n)``.
+
+    :func:`batch_indices` slices this permutation; a loop that runs a whole epoch at once can
+    compute it once and slice it itself (the permutation is a sort of n keys, the costly part of
+    a per-step :func:`batch_indices` for large n; see ``benchmarks/data_batching.py``).
+    """
+    n = _positive_int(n, "n")
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
 def batch_indices(key: jax.Array, n: int, batch_size: int, step) -> jax.Array:
     """Indices (batch_size,) int32 of the examples in the batch of training step ``step``.
 
@@ -318,7 +330,8 @@ def batch_indices(key: jax.Array, n: int, batch_size: int, step) -> jax.Array:
     ``permutation(fold_in(key, e), n)[i·batch_size : (i+1)·batch_size]``: every epoch visits a
     fresh permutation (the last n mod batch_size examples of it are skipped), and the result is a
     pure function of ``(key, step)``. ``n`` and ``batch_size`` are static Python ints; ``step`` is
-    a scalar integer and may be traced (``jit``).
+    a scalar integer and may be traced (``jit``). Each call draws the whole epoch's permutation
+    (a sort of n keys); for large n, :func:`epoch_permutation` once per epoch is cheaper.
     """
     spe = steps_per_epoch(n, batch_size)
     dtype = getattr(step, "dtype", None)
@@ -330,5 +343,5 @@ def batch_indices(key: jax.Array, n: int, batch_size: int, step) -> jax.Array:
         )
     step = jnp.asarray(step)
     epoch, i = step // spe, step % spe
-    perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    perm = epoch_permutation(key, n, epoch)
     return lax.dynamic_slice(perm, (i * batch_size,), (batch_size,))

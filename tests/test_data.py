@@ -316,6 +316,16 @@ def test_batch_indices_pure_and_jittable():
     assert eager[0].dtype == np.int32 and eager[0].shape == (8,)
 
 
+def test_epoch_permutation_is_what_batch_indices_slices():
+    key = jax.random.key(5)
+    n, bs = 23, 5  # 4 steps per epoch, 3 examples dropped
+    for e in (0, 2):
+        perm = np.asarray(data.epoch_permutation(key, n, e))
+        np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+        batches = [np.asarray(data.batch_indices(key, n, bs, 4 * e + i)) for i in range(4)]
+        np.testing.assert_array_equal(np.concatenate(batches), perm[: 4 * bs])
+
+
 @pytest.mark.parametrize("step", [1.0, np.ones(2, np.int32), True])
 def test_batch_indices_rejects_bad_step(step):
     with pytest.raises(TypeError, match="step must be a scalar integer"):
