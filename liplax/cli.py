@@ -1,16 +1,29 @@
 """The ``liplax`` command.
 
-``liplax demo``: a bound report on a few dense and convolution layers: every operator's value, its
-guarantee, its time, and (for the small layers) the truth from the SVD of the materialized
-operator, so the report shows what each kind of bound means.
+- ``liplax train --config NAME [--data digits|fashion-mnist|mnist] [--data-dir D] [--out DIR]
+  [--resume] [--seed S] [--set key=value ...] [--quiet] [--devices N]``: train a configuration
+  (:mod:`liplax.configs`), write ``report.json``, ``training.png``, ``metrics.jsonl`` and
+  checkpoints into ``--out``.
+- ``liplax certify RUN [--eps E ...] [--data-dir D] [--json]``: certified accuracy of a trained run
+  on its test set from its certified trivial bound.
+- ``liplax bound RUN [--p P] [--json]``: the per-layer bound table (value, kind) and the product.
+- ``liplax sweep ...``: one bound operator over many kernels or checkpoints (see
+  :mod:`liplax.sweep_cli`).
+- ``liplax norms``: a report of every operator on a few dense and convolution layers, with the
+  truth from the SVD of the materialized operator where it is small enough to build.
+Errors (bad config, missing data, unreadable checkpoint, unwritable ``--out``) print one line
+``liplax: error: ...`` and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +49,8 @@ def _materialized_norm(kernel: np.ndarray, hw: tuple[int, int], padding: str) ->
     return float(np.linalg.norm(mat, 2))
 
 
-def demo(seed: int = 0) -> int:
-    """Print the bound report; return a process exit code (1 if any bound contradicts the truth)."""
+def norms_report(seed: int = 0) -> int:
+    """Print the operator report; exit code 1 if any bound contradicts the truth."""
     key = jax.random.key(seed)
     k_dense, k_small, k_big, k_pi = jax.random.split(key, 4)
     rows: list[tuple[str, str, str, float, float, float | None]] = []
@@ -99,16 +112,171 @@ def demo(seed: int = 0) -> int:
     return 0 if ok else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _p_arg(value: str) -> float:
+    if value in ("inf", "Inf", "INF"):
+        return math.inf
+    try:
+        p = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"p must be 1, 2 or inf, got {value!r}") from None
+    if p not in (1.0, 2.0):
+        raise argparse.ArgumentTypeError(f"p must be 1, 2 or inf, got {value!r}")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from liplax import configs, train
+
+    overrides = list(args.set or [])
+    if args.data is not None:
+        overrides.append(f"dataset={args.data}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    config = configs.get_config(args.config, overrides)
+    out = args.out or str(Path("runs") / config.name)
+    report = train.train(
+        config, out, data_dir=args.data_dir, resume=args.resume, quiet=args.quiet,
+        devices=args.devices,
+    )
+    if not args.quiet:
+        cert = ", ".join(f"ε={e}: {a:.3f}" for e, a in report["certified_accuracy"].items())
+        print(
+            f"{config.name} on {report['dataset']}: clean accuracy {report['clean_accuracy']:.4f}"
+            f"\n  Lipschitz ({report['upper_kind']}) {report['lipschitz_upper']:.5g}, lower bound "
+            f"{report['lipschitz_lower']:.5g}, tightness {report['tightness']:.4f}"
+            f"\n  certified accuracy ({'ℓ∞' if config.p == math.inf else 'ℓ2'}): {cert}"
+            f"\n  {report['steps']} steps in {report['seconds']:.1f} s; written to {out}/ "
+            f"(report.json, training.png, metrics.jsonl, checkpoints/)"
+        )
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from liplax import train
+
+    return train.load_run(args.run)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from liplax import bounds, certify, data
+
+    run, meta = _load(args)
+    config = run.config
+    p = config.p if args.p is None else args.p
+    ds = data.load(config.dataset, args.data_dir)
+    model = __import__("liplax.train", fromlist=["eval_model"]).eval_model(run)
+    upper = bounds.trivial_bound(model, run.input_shape, p=p)
+    logits = jax.jit(lambda x: model(x))(jnp.asarray(ds.x_test))
+    eps = list(args.eps) if args.eps else list(config.eps)
+    acc = certify.certified_accuracy(logits, jnp.asarray(ds.y_test), upper,
+                                     jnp.asarray([0.0, *eps], jnp.float32), p=p)
+    out = {
+        "run": str(args.run), "step": meta["step"], "dataset": ds.name,
+        "p": "inf" if p == math.inf else p,
+        "lipschitz_upper": float(upper.value), "kind": upper.kind,
+        "accuracy_ties_as_errors": float(acc[0]),
+        "certified_accuracy": {f"{e:g}": float(a) for e, a in zip(eps, acc[1:], strict=True)},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{args.run} (step {out['step']}, {ds.name}, test set of {len(ds.y_test)}, "
+              f"p={out['p']}): L ≤ {out['lipschitz_upper']:.6g} ({upper.kind})")
+        print(f"{'eps':>8} {'certified accuracy':>20}")
+        print(f"{0:8g} {out['accuracy_ties_as_errors']:20.4f}")
+        for e, a in out["certified_accuracy"].items():
+            print(f"{e:>8} {a:20.4f}")
+    return 0
+
+
+def cmd_bound(args: argparse.Namespace) -> int:
+    from liplax import bounds
+    from liplax.train import eval_model
+
+    run, meta = _load(args)
+    p = run.config.p if args.p is None else args.p
+    model = eval_model(run)
+    rows = bounds.layer_bounds(model, run.input_shape, p=p)
+    total = bounds.trivial_bound(model, run.input_shape, p=p)
+    out = {
+        "run": str(args.run), "step": meta["step"], "p": "inf" if p == math.inf else p,
+        "layers": [{"layer": n, "value": float(b.value), "kind": b.kind} for n, b in rows],
+        "trivial_bound": {"value": float(total.value), "kind": total.kind},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{args.run} (step {out['step']}, p={out['p']})")
+    print(f"{'#':>3} {'layer':<20} {'bound':>12} {'kind':<9}")
+    for i, r in enumerate(out["layers"]):
+        print(f"{i:>3} {r['layer']:<20} {r['value']:12.6g} {r['kind']:<9}")
+    print(f"{'':>3} {'product (trivial)':<20} {out['trivial_bound']['value']:12.6g} "
+          f"{total.kind:<9}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``liplax`` argument parser (subcommands train, certify, bound, sweep, norms)."""
+    from liplax.configs import CONFIGS
+
     parser = argparse.ArgumentParser(prog="liplax", description="Lipschitz bounds you can trust.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="bound report on a few dense and convolution layers")
-    p_demo.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="train a configuration; report, plot and checkpoints")
+    t.add_argument("--config", default="default", choices=sorted(CONFIGS),
+                   help="named configuration (liplax/configs.py)")
+    t.add_argument("--data", choices=("digits", "fashion-mnist", "mnist"), default=None,
+                   help="dataset (default: the config's)")
+    t.add_argument("--data-dir", default=None, help="folder of MNIST-format IDX files")
+    t.add_argument("--out", default=None, help="output folder (default runs/<config>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    t.add_argument("--devices", type=int, default=None,
+                   help="local devices for data parallelism (default: all)")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("certify", help="certified accuracy of a trained run")
+    c.add_argument("run", help="run folder (holding checkpoints/) or a checkpoint folder")
+    c.add_argument("--eps", type=float, nargs="+", default=None, help="radii (default: config's)")
+    c.add_argument("--p", type=_p_arg, default=None, help="norm (default: the run's)")
+    c.add_argument("--data-dir", default=None)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_certify)
+
+    b = sub.add_parser("bound", help="per-layer bound table with kinds")
+    b.add_argument("run", help="run folder (holding checkpoints/) or a checkpoint folder")
+    b.add_argument("--p", type=_p_arg, default=None, help="norm (default: the run's)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bound)
+
+    try:
+        from liplax import sweep_cli
+    except ImportError:  # pragma: no cover - the module ships with the package
+        sweep_cli = None
+    if sweep_cli is not None:
+        sweep_cli.add_parser(sub)
+
+    n = sub.add_parser("norms", help="every operator on a few layers, against the truth")
+    n.add_argument("--seed", type=int, default=0)
+    n.set_defaults(func=lambda a: norms_report(a.seed))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``liplax`` command; returns the exit status."""
+    from liplax.checkpoint import CheckpointError, OutputError
+    from liplax.data import DataError
+
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args.seed)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError, DataError, CheckpointError, OutputError,
+            FileExistsError) as e:
+        print(f"liplax: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

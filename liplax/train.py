@@ -1,0 +1,582 @@
+r"""The training loop: optax over NNX models, the trivial-bound penalty, evaluation, checkpoints.
+
+:func:`train` runs one configuration (:class:`liplax.configs.Config`) end to end:
+
+1. **Objective.** Each step minimizes ``loss(f(x), y) + λ(t)·penalty(f)`` where ``loss`` is a
+   margin loss of :mod:`liplax.losses` and ``penalty`` the trivial-bound penalty
+   (:func:`liplax.bounds.trivial_bound_penalty`, fast path: one warm power-iteration step per layer
+   and step, state moved in training mode), with λ ramped linearly from 0 over ``penalty_warmup``
+   steps. The optimizer is optax (adam or sgd, warm-up + cosine decay).
+2. **Steps in chunks.** ``log_every`` steps run inside one jitted ``lax.scan``; batches are drawn on
+   device by :func:`liplax.data.batch_indices`, a pure function of (seed, step). The data order
+   is therefore part of the state that a checkpoint restores, and a resumed run replays exactly
+   the computation of an uninterrupted one.
+3. **Data parallel.** With several local devices the batch is sharded over a ``"data"`` mesh axis
+   and the state replicated (``NamedSharding``); XLA's SPMD partitioner inserts the gradient
+   all-reduce. The same code runs on one device.
+4. **Evaluation** (every ``eval_every`` steps and at the end, never moving any state): clean
+   accuracy, the certified trivial bound (``upper``: product of sound layer bounds), the best
+   empirical lower bound (exact local Jacobian norms at the origin and data points, and gradient
+   ascent :func:`liplax.certify.lipschitz_lower_bound`), their ratio (tightness) and certified
+   accuracy at each ε.
+5. **Checkpoints** (:mod:`liplax.checkpoint`) every ``checkpoint_every`` steps and at the end:
+   parameters, power-iteration and optimizer state, step, PRNG key, metric history. ``resume=True``
+   continues from the newest readable checkpoint and reaches the same final parameters as an
+   uninterrupted run with the same seed.
+
+Outputs in ``out_dir``: ``report.json``, ``training.png``, ``metrics.jsonl``, ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import liplax
+from liplax import bounds, certify, data, losses
+from liplax.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    atomic_write_text,
+    check_output_dir,
+    tree_bytes,
+)
+from liplax.configs import Config, build_model
+
+PyTree = Any
+
+REPORT_KEYS = (
+    "lipschitz_upper", "lipschitz_lower", "tightness", "clean_accuracy", "certified_accuracy",
+    "p", "dataset", "config", "steps", "seconds",
+)
+
+
+class TrainState(NamedTuple):
+    """The pytree a checkpoint holds (``key``: raw key data of the run's base PRNG key)."""
+
+    step: jax.Array
+    params: PyTree
+    rest: PyTree
+    opt_state: PyTree
+    key: jax.Array
+
+
+class Run(NamedTuple):
+    """A model and its training state rebuilt from a config (see :func:`init_run`)."""
+
+    config: Config
+    graphdef: Any
+    eval_graphdef: Any
+    state: TrainState
+    tx: optax.GradientTransformation
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """optax optimizer with linear warm-up then cosine decay of the learning rate to 0."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if config.lr_warmup else config.learning_rate,
+        peak_value=config.learning_rate,
+        warmup_steps=config.lr_warmup,
+        decay_steps=max(config.steps, config.lr_warmup + 1),
+        end_value=0.0,
+    )
+    if config.optimizer == "adam":
+        if config.weight_decay:
+            return optax.adamw(schedule, weight_decay=config.weight_decay)
+        return optax.adam(schedule)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule, momentum=0.9)
+    )
+
+
+def penalty_weight(config: Config, step: jax.Array) -> jax.Array:
+    """λ(t) = λ·min(1, t / penalty_warmup) (λ from the start when the warm-up is 0)."""
+    if config.penalty == "none":
+        return jnp.zeros((), jnp.float32)
+    lam = jnp.asarray(config.penalty_weight, jnp.float32)
+    if config.penalty_warmup == 0:
+        return lam
+    return lam * jnp.minimum(1.0, step.astype(jnp.float32) / config.penalty_warmup)
+
+
+def loss_function(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The config's data loss with its parameters bound."""
+    params = {
+        "ce": {},
+        "offset_ce": {"offset": config.offset, "temperature": config.temperature},
+        "hinge": {"margin": config.margin},
+        "hkr": {"alpha": config.alpha, "margin": config.margin},
+    }[config.loss]
+    return losses.get_loss(config.loss, **params)
+
+
+def init_run(config: Config, input_shape, num_classes: int) -> Run:
+    """Build the model, split it, and initialize the optimizer: a fresh training state."""
+    key = jax.random.key(config.seed)
+    model_key = jax.random.fold_in(key, 0)
+    model = build_model(config, input_shape, num_classes, rngs=nnx.Rngs(params=model_key))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+    tx = make_optimizer(config)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        rest=rest,
+        opt_state=tx.init(params),
+        key=jax.random.key_data(key),
+    )
+    return Run(config, graphdef, eval_graphdef, state, tx, tuple(input_shape), int(num_classes))
+
+
+def eval_model(run: Run, state: TrainState | None = None) -> nnx.Module:
+    """The model of ``state`` (default: the run's) in evaluation mode (state frozen)."""
+    st = run.state if state is None else state
+    return nnx.merge(run.eval_graphdef, st.params, st.rest)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _make_chunk(run: Run, n_train: int, mesh: Mesh | None):
+    """jit(state, x_all, y_all, num_steps) → (state, metrics summed over the chunk)."""
+    config, graphdef, tx = run.config, run.graphdef, run.tx
+    loss_fn = loss_function(config)
+    shape = run.input_shape
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+
+    spe = data.steps_per_epoch(n_train, config.batch_size)
+
+    def one_step(state: TrainState, x_all, y_all, perms, first_epoch):
+        # The batch of ``data.batch_indices(data_key, n, bs, step)``, sliced from the epoch
+        # permutations drawn once per chunk (a per-step permutation would sort n keys per step).
+        epoch, i = state.step // spe, state.step % spe
+        perm = jax.lax.dynamic_index_in_dim(perms, epoch - first_epoch, keepdims=False)
+        idx = jax.lax.dynamic_slice(perm, (i * config.batch_size,), (config.batch_size,))
+        x, y = x_all[idx], y_all[idx]
+        if batch_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, batch_sharding)
+            y = jax.lax.with_sharding_constraint(y, batch_sharding)
+        lam = penalty_weight(config, state.step)
+
+        def objective(params):
+            # Fresh Variable objects at this trace level, so the penalty may move the state.
+            model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, state.rest))
+            logits = model(x)
+            data_loss = loss_fn(logits, y)
+            if config.penalty == "none":
+                pen = jnp.zeros((), jnp.float32)
+            else:
+                target = config.penalty_target if config.penalty == "hinge" else None
+                pen = bounds.trivial_bound_penalty(
+                    model, shape, p=config.p, kind=config.penalty, target=target
+                )
+            rest = nnx.split(model, nnx.Param, ...)[2]
+            acc = jnp.mean(jnp.argmax(logits, -1) == y)
+            return data_loss + lam * pen, (data_loss, pen, acc, rest)
+
+        (total, (data_loss, pen, acc, rest)), grads = jax.value_and_grad(
+            objective, has_aux=True
+        )(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = TrainState(state.step + 1, params, rest, opt_state, state.key)
+        metrics = {"loss": data_loss, "penalty": pen, "objective": total, "train_accuracy": acc}
+        return new, metrics
+
+    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+    def chunk(state, x_all, y_all, num_steps: int):
+        data_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)
+        first_epoch = state.step // spe
+        # Steps t0 … t0+num_steps−1 touch at most num_steps // spe + 2 epochs (a static count).
+        epochs = first_epoch + jnp.arange(num_steps // spe + 2)
+        perms = jax.vmap(lambda e: data.epoch_permutation(data_key, n_train, e))(epochs)
+
+        def body(st, _):
+            return one_step(st, x_all, y_all, perms, first_epoch)
+
+        state, ms = jax.lax.scan(body, state, None, length=num_steps)
+        return state, jax.tree.map(jnp.mean, ms)
+
+    return chunk
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+EVAL_BATCH = 500
+
+
+def _make_evaluator(run: Run):
+    """evaluate(state, x, y, key) → metrics; two compilations per run, whatever the data size.
+
+    ``bounds_fn`` (trivial bound, lower bound) is jitted once; logits and certified radii are
+    computed in fixed batches of :data:`EVAL_BATCH` (the last one padded, padding dropped), so
+    the periodic evaluations on a subset and the final one on the whole test set share it.
+    """
+    gd, config, p = run.eval_graphdef, run.config, run.config.p
+
+    @jax.jit
+    def bounds_fn(params, rest, xs, key):
+        model = nnx.merge(gd, params, rest)
+        upper = bounds.trivial_bound(model, run.input_shape, p=p)
+
+        def single(x):
+            return model(x[None])[0]
+
+        lb = certify.lipschitz_lower_bound(
+            single, xs, key=key, p=p, steps=config.lower_steps, restarts=config.lower_restarts
+        )
+        # Adam ascent on the exact local norm ‖J(x)‖ from the origin, data points, the witness
+        # above and random points: every value is attained, so a lower bound.
+        k_data, k_rand = jax.random.split(jax.random.fold_in(key, 1))
+        chosen = jax.random.choice(k_data, xs.shape[0], (config.lower_restarts,), replace=False)
+        noise = jax.random.uniform(k_rand, (config.lower_restarts, *xs.shape[1:]), xs.dtype)
+        starts = jnp.concatenate(
+            [jnp.zeros_like(xs[:1]), lb.point[None], xs[chosen], noise], axis=0
+        )
+        asc = certify.local_norm_ascent(single, starts, p=p, steps=config.lower_steps)
+        lower = jnp.maximum(lb.value, asc.value)
+        return upper, lower
+
+    @jax.jit
+    def batch_fn(params, rest, upper, x, y):
+        logits = nnx.merge(gd, params, rest)(x)
+        correct = jnp.argmax(logits, -1) == y
+        return correct, certify.certified_radius(logits, y, upper, p=p)
+
+    def evaluate(state: TrainState, x, y, key) -> dict:
+        upper, lower = bounds_fn(state.params, state.rest, x[:256], key)
+        n = len(y)
+        pad = (-n) % EVAL_BATCH
+        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+        correct, radius = [], []
+        for i in range(0, n + pad, EVAL_BATCH):
+            c, r = batch_fn(state.params, state.rest, upper, xp[i:i + EVAL_BATCH],
+                            yp[i:i + EVAL_BATCH])
+            correct.append(np.asarray(c))
+            radius.append(np.asarray(r))
+        correct = np.concatenate(correct)[:n]
+        radius = np.concatenate(radius)[:n]
+        up, lo = float(upper.value), float(lower)
+        if not (math.isfinite(up) and up >= 0):
+            raise FloatingPointError(f"the trivial bound is {up}: the parameters diverged")
+        return {
+            "clean_accuracy": float(np.mean(correct)),
+            "lipschitz_upper": up,
+            "upper_kind": upper.kind,
+            "lipschitz_lower": lo,
+            "tightness": up / lo if lo > 0 else math.inf,
+            # Certified at ε: radius > ε (margin > c·L·ε); the radius is 0 when misclassified.
+            "certified_accuracy": {_eps_key(e): float(np.mean(radius > e)) for e in config.eps},
+        }
+
+    return evaluate
+
+
+def _eps_key(e: float) -> str:
+    return f"{e:g}"
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """tqdm bar with live metrics, or nothing (quiet)."""
+
+    def __init__(self, total: int, initial: int, quiet: bool, desc: str):
+        self.bar = None
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int, postfix: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(n)
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _mesh(devices: int | None, batch_size: int) -> Mesh | None:
+    available = jax.local_device_count()
+    n = available if devices is None else int(devices)
+    if not 1 <= n <= available:
+        raise ValueError(f"devices must be in [1, {available}] (local devices), got {devices!r}")
+    if n == 1:
+        return None
+    if batch_size % n:
+        raise ValueError(
+            f"batch_size={batch_size} must be divisible by the number of devices ({n}) for "
+            f"data-parallel training"
+        )
+    return jax.make_mesh((n,), ("data",), devices=jax.local_devices()[:n])
+
+
+def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset) -> dict:
+    return {
+        "format": 1,
+        "liplax_version": liplax.__version__,
+        "config": config.to_dict(),
+        "step": int(step),
+        "history": history,
+        "dataset": {"name": dataset.name, "n_train": int(len(dataset.y_train)),
+                    "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes},
+        "data_order": "liplax.data.batch_indices(fold_in(key(seed), 1), n_train, batch_size, step)",
+    }
+
+
+def _leafname(i: int, path) -> str:
+    return f"{i:04d}_" + re.sub(r"[^A-Za-z0-9]+", "_", jax.tree_util.keystr(path)).strip("_")
+
+
+def state_to_flat(state: TrainState) -> dict[str, np.ndarray]:
+    """The state as ``{ordered name: array}``, the form checkpoints store (plain folder names)."""
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    return {_leafname(i, path): np.asarray(x) for i, (path, x) in enumerate(leaves)}
+
+
+def flat_to_state(flat: dict, like: TrainState) -> TrainState:
+    """Inverse of :func:`state_to_flat` with ``like``'s structure."""
+    treedef = jax.tree.structure(like)
+    return jax.tree.unflatten(treedef, [jnp.asarray(flat[k]) for k in sorted(flat)])
+
+
+def _report(run: Run, final: dict, history: list[dict], dataset: data.Dataset, seconds: float,
+            steps_done: int) -> dict:
+    c = run.config
+    return {
+        **{k: final[k] for k in ("lipschitz_upper", "lipschitz_lower", "tightness",
+                                 "clean_accuracy", "certified_accuracy")},
+        "upper_kind": final["upper_kind"],
+        "p": "inf" if c.p == math.inf else c.p,
+        "dataset": dataset.name,
+        "config": c.to_dict(),
+        "steps": int(steps_done),
+        "seconds": round(seconds, 3),
+        "devices": final.get("devices", 1),
+        "layer_bounds": final.get("layer_bounds", []),
+        "history": history,
+        "liplax_version": liplax.__version__,
+    }
+
+
+def train(
+    config: Config,
+    out_dir: str | os.PathLike,
+    *,
+    dataset: data.Dataset | None = None,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    devices: int | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """Train ``config`` into ``out_dir`` and return the report (also written as report.json).
+
+    Args:
+      config: the run's configuration.
+      out_dir: output folder (checked writable with room to spare before anything starts).
+      dataset: the data (default: ``liplax.data.load(config.dataset, data_dir)``).
+      resume: continue from the newest readable checkpoint in ``out_dir``. Without it, a folder
+        that already holds checkpoints is refused (nothing is overwritten).
+      quiet: no progress bar (metrics still go to ``metrics.jsonl``).
+      devices: number of local devices for data parallelism (default: all).
+      stop_after: stop (after checkpointing) once this many steps are done, without the final
+        evaluation: for tests of resumption; ``None`` runs to ``config.steps``.
+    Returns:
+      the report dict (keys :data:`REPORT_KEYS` and more).
+    """
+    t_start = time.perf_counter()
+    dataset = dataset if dataset is not None else data.load(config.dataset, data_dir)
+    out = Path(out_dir)
+    run = init_run(config, dataset.input_shape, dataset.num_classes)
+    need = 3 * (config.keep_checkpoints + 1) * tree_bytes(run.state) + 8 * 2**20
+    check_output_dir(out, need)
+    store = CheckpointStore(out, keep=config.keep_checkpoints)
+    progress_log = out / "metrics.jsonl"
+    history: list[dict] = []
+    state = run.state
+    flat_like = state_to_flat(state)
+
+    existing = store.steps()
+    if existing and not resume:
+        raise FileExistsError(
+            f"--out {str(out)!r} already holds checkpoints (steps {existing}); pass --resume to "
+            f"continue that run or choose another --out"
+        )
+    if resume:
+        found = store.restore_latest(
+            flat_like, on_skip=lambda msg: print(f"liplax: warning: {msg}", file=sys.stderr)
+        )
+        if found is not None:
+            step0, flat, meta = found
+            saved = Config.from_dict(meta["config"])
+            if saved != config:
+                diff = {
+                    f.name: (getattr(saved, f.name), getattr(config, f.name))
+                    for f in dataclasses.fields(Config)
+                    if getattr(saved, f.name) != getattr(config, f.name)
+                }
+                raise ValueError(
+                    f"--resume: the checkpoint in {str(out)!r} was made with a different config "
+                    f"(saved, requested): {diff}"
+                )
+            state = flat_to_state(flat, state)
+            history = [h for h in meta["history"] if h["step"] <= step0]
+    atomic_write_text(progress_log, "".join(json.dumps(h) + "\n" for h in history))
+
+    mesh = _mesh(devices, config.batch_size)
+    x_train = jnp.asarray(dataset.x_train)
+    y_train = jnp.asarray(dataset.y_train, jnp.int32)
+    if mesh is not None:
+        replicated = NamedSharding(mesh, P())
+        state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
+    chunk = _make_chunk(run, len(dataset.y_train), mesh)
+    evaluate = _make_evaluator(run)
+    x_test = jnp.asarray(dataset.x_test)
+    y_test = jnp.asarray(dataset.y_test, jnp.int32)
+    x_eval, y_eval = x_test[: config.eval_examples], y_test[: config.eval_examples]
+    eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+
+    step = int(state.step)
+    last = config.steps if stop_after is None else min(config.steps, int(stop_after))
+    bar = _Progress(config.steps, step, quiet, desc=config.name)
+    train_seconds = sum(h.get("chunk_seconds", 0.0) for h in history)
+    try:
+        while step < last:
+            n = min(config.log_every - step % config.log_every, last - step)
+            t0 = time.perf_counter()
+            state, metrics = chunk(state, x_train, y_train, n)
+            metrics = {k: float(v) for k, v in metrics.items()}
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            step += n
+            entry = {"step": step, **metrics, "chunk_seconds": round(dt, 4)}
+            if step % config.eval_every == 0 and step < config.steps:
+                entry.update(evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step)))
+            history.append(entry)
+            with open(progress_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+            postfix = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['train_accuracy']:.3f}"}
+            if config.penalty == "log":
+                postfix["bound≈"] = f"{math.exp(metrics['penalty']):.3g}"
+            if "lipschitz_upper" in entry:
+                postfix.update(L=f"{entry['lipschitz_upper']:.3g}",
+                               tight=f"{entry['tightness']:.3f}")
+            bar.update(n, postfix)
+            if step % config.checkpoint_every == 0 or step == last:
+                store.save(step, state_to_flat(state), _meta(config, history, step, dataset))
+    finally:
+        bar.close()
+    if step < config.steps:  # stopped early on request
+        store.close()
+        return {"steps": step, "stopped": True}
+
+    final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
+    model = eval_model(run, state)
+    final["layer_bounds"] = [
+        {"layer": name, "value": float(b.value), "kind": b.kind}
+        for name, b in bounds.layer_bounds(model, run.input_shape, p=config.p)
+    ]
+    final["devices"] = 1 if mesh is None else mesh.size
+    history_final = {"step": config.steps, "final": True, **{k: v for k, v in final.items()
+                                                             if k != "layer_bounds"}}
+    history = [h for h in history if not h.get("final")] + [history_final]
+    report = _report(run, final, history, dataset, time.perf_counter() - t_start, step)
+    report["train_seconds"] = round(train_seconds, 3)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    store.close()
+    try:
+        from liplax.report import plot_history
+
+        plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}")
+    except ImportError as e:  # matplotlib missing: the report stands without its plot
+        print(f"liplax: warning: no plot ({e})", file=sys.stderr)
+    return report
+
+
+# ----------------------------------------------------------------------------- loading runs
+
+
+def load_run(path: str | os.PathLike, *, step: int | None = None) -> tuple[Run, dict]:
+    """Rebuild a trained model from a run folder (or its ``checkpoints/`` folder).
+
+    Returns ``(run, meta)`` where ``run.state`` holds the newest readable checkpoint (or
+    ``step``) and ``meta`` its JSON metadata (config, history, dataset description).
+    """
+    folder = Path(path)
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    elif folder.parent.name == "checkpoints" and folder.name.isdigit():
+        step = int(folder.name) if step is None else step
+        folder = folder.parent.parent
+    if not (folder / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"{str(path)!r}: not a liplax run folder (expected a 'checkpoints' folder inside)"
+        )
+    store = CheckpointStore(folder)
+    steps = store.steps()
+    if not steps:
+        raise CheckpointError(f"{str(folder / 'checkpoints')!r} holds no complete checkpoint")
+    # The config comes from the newest metadata; the state is then restored with its shapes.
+    meta_step = steps[-1] if step is None else step
+    meta = _read_meta(folder / "checkpoints" / str(meta_step))
+    config = Config.from_dict(meta["config"])
+    ds = meta["dataset"]
+    run = init_run(config, tuple(ds["input_shape"]), int(ds["num_classes"]))
+    like = state_to_flat(run.state)
+    if step is None:
+        found = store.restore_latest(like)
+        if found is None:
+            raise CheckpointError(f"{str(folder)!r} holds no readable checkpoint")
+        _, flat, meta = found
+    else:
+        if step not in steps:
+            raise CheckpointError(f"{str(folder)!r} has no checkpoint {step}; it has {steps}")
+        flat, meta = store.restore(step, like)
+    store.close()
+    return run._replace(state=flat_to_state(flat, run.state)), meta
+
+
+def _read_meta(step_dir: Path) -> dict:
+    path = step_dir / "meta" / "metadata"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r}: unreadable checkpoint metadata ({e})") from None
