@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import liplax
@@ -168,14 +168,7 @@ def _make_chunk(run: Run, n_train: int, mesh: Mesh | None):
     shape = run.input_shape
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
-    spe = data.steps_per_epoch(n_train, config.batch_size)
-
-    def one_step(state: TrainState, x_all, y_all, perms, first_epoch):
-        # The batch of ``data.batch_indices(data_key, n, bs, step)``, sliced from the epoch
-        # permutations drawn once per chunk (a per-step permutation would sort n keys per step).
-        epoch, i = state.step // spe, state.step % spe
-        perm = jax.lax.dynamic_index_in_dim(perms, epoch - first_epoch, keepdims=False)
-        idx = jax.lax.dynamic_slice(perm, (i * config.batch_size,), (config.batch_size,))
+    def one_step(state: TrainState, x_all, y_all, idx):
         x, y = x_all[idx], y_all[idx]
         if batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
@@ -210,18 +203,33 @@ def _make_chunk(run: Run, n_train: int, mesh: Mesh | None):
     @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
     def chunk(state, x_all, y_all, num_steps: int):
         data_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)
-        first_epoch = state.step // spe
-        # Steps t0 … t0+num_steps−1 touch at most num_steps // spe + 2 epochs (a static count).
-        epochs = first_epoch + jnp.arange(num_steps // spe + 2)
-        perms = jax.vmap(lambda e: data.epoch_permutation(data_key, n_train, e))(epochs)
+        batches = chunk_batch_indices(data_key, n_train, config.batch_size, state.step, num_steps)
 
-        def body(st, _):
-            return one_step(st, x_all, y_all, perms, first_epoch)
+        def body(st, idx):
+            return one_step(st, x_all, y_all, idx)
 
-        state, ms = jax.lax.scan(body, state, None, length=num_steps)
+        state, ms = jax.lax.scan(body, state, batches)
         return state, jax.tree.map(jnp.mean, ms)
 
     return chunk
+
+
+def chunk_batch_indices(
+    key: jax.Array, n: int, batch_size: int, start: jax.Array, num_steps: int
+) -> jax.Array:
+    """``(num_steps, batch_size)`` indices: row t is ``data.batch_indices(key, n, bs, start+t)``.
+
+    The epoch permutations the chunk touches (at most num_steps // S + 2 of them, S the steps
+    per epoch: a static count) are drawn once, not once per step: a permutation sorts n keys,
+    which at n = 60000 costs more than a small model's training step.
+    """
+    spe = data.steps_per_epoch(n, batch_size)
+    first_epoch = start // spe
+    epochs = first_epoch + jnp.arange(num_steps // spe + 2)
+    perms = jax.vmap(lambda e: data.epoch_permutation(key, n, e))(epochs)
+    steps = start + jnp.arange(num_steps)
+    cols = (steps % spe)[:, None] * batch_size + jnp.arange(batch_size)
+    return perms.reshape(-1)[(steps // spe - first_epoch)[:, None] * n + cols]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -345,7 +353,9 @@ def _mesh(devices: int | None, batch_size: int) -> Mesh | None:
             f"batch_size={batch_size} must be divisible by the number of devices ({n}) for "
             f"data-parallel training"
         )
-    return jax.make_mesh((n,), ("data",), devices=jax.local_devices()[:n])
+    return jax.make_mesh(
+        (n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.local_devices()[:n]
+    )
 
 
 def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset) -> dict:
