@@ -12,6 +12,8 @@ from liplax.certify import (
     certified_accuracy,
     certified_radius,
     lipschitz_lower_bound,
+    local_norm,
+    local_norm_ascent,
     tightness,
 )
 from liplax.guarantee import Bound
@@ -190,3 +192,67 @@ def test_tightness_defaults_to_the_trivial_bound_of_a_liplax_model():
     t = tightness(model, XS, key=jax.random.key(1), steps=20, restarts=4, batched=True)
     np.testing.assert_allclose(t.upper, bounds.trivial_bound(model, (5,)).value)
     np.testing.assert_allclose(t.ratio, 1.0, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- local_norm_ascent
+
+
+@pytest.mark.parametrize("p", [2, math.inf, 1])
+def test_local_norm_is_the_induced_norm(p):
+    jac = np.asarray(jax.random.normal(jax.random.key(0), (4, 9)), np.float64)
+    truth = {2: np.linalg.norm(jac, 2), math.inf: np.abs(jac).sum(1).max(),
+             1: np.abs(jac).sum(0).max()}[p]
+    assert float(local_norm(jnp.asarray(jac, jnp.float32), p)) == pytest.approx(truth, rel=1e-5)
+    tall = jac.T  # (9, 4): the other Gram matrix
+    t2 = {2: np.linalg.norm(tall, 2), math.inf: np.abs(tall).sum(1).max(),
+          1: np.abs(tall).sum(0).max()}[p]
+    assert float(local_norm(jnp.asarray(tall, jnp.float32), p)) == pytest.approx(t2, rel=1e-5)
+
+
+def test_local_norm_ascent_finds_the_constant_of_a_smooth_network():
+    # f(x) = W2 (cos W1x, sin W1x) with W1 = a·u vᵀ of rank one: J(x) = W2 (−sin z ⊙ au;
+    # cos z ⊙ au) vᵀ with z = a(vᵀx)u, so ‖J(x)‖ = ‖v‖·‖W2 (−sin z ⊙ au; cos z ⊙ au)‖ depends on
+    # x through s = vᵀx only: its supremum is found on a fine grid of s in float64.
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    u = np.asarray(jax.random.normal(k1, (6,)), np.float64)
+    v = np.asarray(jax.random.normal(k2, (5,)), np.float64)
+    w2 = np.asarray(jax.random.normal(k3, (3, 12)), np.float64)
+    a = 1.3
+    w1 = a * np.outer(u, v)  # (6, 5)
+
+    def f(x):
+        z = jnp.asarray(w1, jnp.float32) @ x
+        return jnp.asarray(w2, jnp.float32) @ jnp.concatenate([jnp.cos(z), jnp.sin(z)])
+
+    def sup_gain(radius):  # sup of ‖J(x)‖ over |vᵀx| ≤ radius, on a fine grid
+        z = np.outer(np.linspace(-radius, radius, 400001), a * u)
+        dcol = np.concatenate([-np.sin(z) * (a * u), np.cos(z) * (a * u)], axis=1)
+        return np.max(np.linalg.norm(dcol @ w2.T, axis=1)) * np.linalg.norm(v)
+
+    starts = jax.random.normal(jax.random.key(2), (8, 5))
+    found = local_norm_ascent(f, starts, steps=300, learning_rate=0.05)
+    jac = np.asarray(jax.jacrev(f)(found.point), np.float64)
+    assert float(found.value) == pytest.approx(np.linalg.norm(jac, 2), rel=1e-5)  # attained
+    assert float(found.value) <= sup_gain(40.0) * (1 + 1e-5)  # a lower bound
+    # ‖J‖ is quasi-periodic in vᵀx: the ascent finds the best peak near its starts
+    # (|vᵀx| ≤ 3 covers them), not necessarily the global one further out.
+    assert abs(float(found.point @ v)) <= 3
+    assert float(found.value) >= sup_gain(3.0) * (1 - 1e-4)
+
+
+def test_local_norm_ascent_on_a_linear_map_is_its_norm():
+    w = jax.random.normal(jax.random.key(4), (3, 7))
+    found = local_norm_ascent(lambda x: w @ x, jnp.ones((2, 7)), steps=3)
+    assert float(found.value) == pytest.approx(float(np.linalg.norm(np.asarray(w), 2)), rel=1e-5)
+
+
+def test_local_norm_ascent_argument_checks():
+    f = lambda x: x  # noqa: E731
+    with pytest.raises(ValueError, match="starts must be a batch"):
+        local_norm_ascent(f, jnp.ones(3))
+    with pytest.raises(ValueError, match="learning_rate"):
+        local_norm_ascent(f, jnp.ones((2, 3)), learning_rate=0)
+    with pytest.raises(TypeError, match="f must be callable"):
+        local_norm_ascent(3, jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="NaN|finite"):
+        local_norm_ascent(f, jnp.full((2, 3), jnp.nan))

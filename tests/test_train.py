@@ -1,0 +1,174 @@
+"""The training loop: report contents checked against the mathematics, resumption, faults."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from liplax import checkpoint, data, train
+from liplax.checkpoint import CheckpointError, OutputError
+from tests.train_helpers import assert_same_state, final_state, same_metrics, tiny_config
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, digits):
+    """One uninterrupted tiny run: (folder, report)."""
+    out = tmp_path_factory.mktemp("run") / "a"
+    report = train.train(tiny_config(), out, dataset=digits, quiet=True)
+    return out, report
+
+
+def test_report_has_the_issue_keys_and_consistent_values(finished):
+    out, report = finished
+    for key in train.REPORT_KEYS:
+        assert key in report, key
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert report["upper_kind"] in ("exact", "upper")
+    assert 0 < report["lipschitz_lower"] <= report["lipschitz_upper"]
+    assert report["tightness"] == pytest.approx(
+        report["lipschitz_upper"] / report["lipschitz_lower"], rel=1e-12
+    )
+    acc = [report["certified_accuracy"][k] for k in ("0.05", "0.1")]
+    assert report["clean_accuracy"] >= acc[0] >= acc[1]
+    assert report["steps"] == 40 and report["dataset"] == "digits" and report["p"] == 2.0
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 41, 5))
+
+
+def test_reported_bound_is_the_product_of_float64_weight_norms(finished):
+    # sin_mlp = Flatten, SinusoidalDense (Lip = ‖W1‖₂ exactly), Dense (‖W2‖₂): the certified
+    # bound must not be below the float64 product and only above it by rounding margins.
+    out, report = finished
+    run, _ = train.load_run(out)
+    params = nnx.to_pure_dict(run.state.params)["layers"]
+    w1 = np.asarray(params[1]["kernel"], np.float64)
+    w2 = np.asarray(params[2]["kernel"], np.float64)
+    truth = np.linalg.norm(w1, 2) * np.linalg.norm(w2, 2)
+    assert truth <= report["lipschitz_upper"] <= truth * (1 + 1e-4)
+    layers = report["layer_bounds"]
+    assert [r["layer"] for r in layers] == ["Flatten", "SinusoidalDense", "Dense"]
+    assert math.prod(r["value"] for r in layers) == pytest.approx(report["lipschitz_upper"],
+                                                                  rel=1e-5)
+
+
+def test_certified_accuracy_matches_the_margin_rule(finished, digits):
+    # Independent float64 check: certified at ε iff margin > √2·L·ε (ℓ2, global head).
+    out, report = finished
+    run, _ = train.load_run(out)
+    logits = np.asarray(train.eval_model(run)(jnp.asarray(digits.x_test)), np.float64)
+    y = digits.y_test
+    true = logits[np.arange(len(y)), y]
+    other = np.where(np.eye(logits.shape[1], dtype=bool)[y], -np.inf, logits).max(1)
+    margin = true - other
+    assert report["clean_accuracy"] == pytest.approx(np.mean(margin > 0), abs=1 / len(y))
+    for eps in (0.05, 0.1):
+        expected = np.mean(margin > math.sqrt(2) * report["lipschitz_upper"] * eps)
+        assert report["certified_accuracy"][f"{eps:g}"] == pytest.approx(expected, abs=1 / len(y))
+
+
+def test_lower_bound_is_attained_not_above_the_truth(finished):
+    # The lower bound is a local Jacobian norm somewhere: never above the certified upper bound,
+    # and at least the exact local norm at the origin (one of its starting points).
+    out, report = finished
+    run, _ = train.load_run(out)
+    model = train.eval_model(run)
+    x0 = jnp.zeros((1, *run.input_shape))
+    jac = jax.jacrev(lambda x: model(x)[0])(x0).reshape(10, -1)
+    at_origin = float(np.linalg.norm(np.asarray(jac, np.float64), 2))
+    assert at_origin * (1 - 1e-5) <= report["lipschitz_lower"] <= report["lipschitz_upper"]
+
+
+def test_resumed_run_reaches_the_same_parameters_and_metrics(tmp_path, finished, digits):
+    out_a, report_a = finished
+    out = tmp_path / "b"
+    partial = train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=20)
+    assert partial == {"steps": 20, "stopped": True}
+    assert checkpoint.CheckpointStore(out).steps() == [10, 20]
+    report_b = train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+    assert_same_state(final_state(out), final_state(out_a))
+    same_metrics(report_a, report_b)
+    # the metric history is whole: one line per chunk, no duplicates from the restart
+    assert [h["step"] for h in report_b["history"]] == [h["step"] for h in report_a["history"]]
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, finished, digits, capsys):
+    out_a, report_a = finished
+    out = tmp_path / "c"
+    train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=30)
+    state_dir = out / "checkpoints" / "30" / "state"
+    files = [f for f in state_dir.rglob("*") if f.is_file() and f.stat().st_size > 0]
+    assert files
+    for f in files:  # truncate every data file of the newest checkpoint
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    report = train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+    err = capsys.readouterr().err
+    assert "checkpoints/30" in err and "unreadable" in err and "falling back" in err
+    moved = list((out / "corrupt").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("30-")  # kept, not deleted
+    assert_same_state(final_state(out), final_state(out_a))
+    same_metrics(report, report_a)
+
+
+def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path, digits):
+    out = tmp_path / "d"
+    train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=10)
+    shutil.rmtree(out / "checkpoints" / "10" / "state")
+    (out / "checkpoints" / "10" / "state").mkdir()
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+
+
+def test_existing_run_is_not_overwritten_without_resume(finished, digits):
+    out, _ = finished
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.train(tiny_config(), out, dataset=digits, quiet=True)
+
+
+def test_resume_with_another_config_is_refused(finished, digits):
+    out, _ = finished
+    with pytest.raises(ValueError, match="different config.*learning_rate"):
+        train.train(tiny_config("learning_rate=0.01"), out, dataset=digits, quiet=True,
+                    resume=True)
+
+
+def test_unusable_output_folder_fails_before_training(tmp_path, digits, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="--out"):
+        train.train(tiny_config(), blocker, dataset=digits, quiet=True)
+    with pytest.raises(OutputError, match="--out"):
+        train.train(tiny_config(), blocker / "sub", dataset=digits, quiet=True)
+
+    class Full:
+        free = 1024
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: Full())
+    out = tmp_path / "full"
+    with pytest.raises(OutputError, match="MiB free"):
+        train.train(tiny_config(), out, dataset=digits, quiet=True)
+    assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("start,num_steps", [(0, 5), (7, 30), (19, 3), (40, 1)])
+def test_chunk_batches_are_the_documented_data_order(start, num_steps):
+    # The loop draws each chunk's epoch permutations once; row t must be exactly
+    # liplax.data.batch_indices(key, n, bs, start + t), the data order a checkpoint restores.
+    key, n, bs = jax.random.key(3), 103, 10  # 10 steps per epoch: chunks straddle epochs
+    got = np.asarray(jax.jit(train.chunk_batch_indices, static_argnums=(1, 2, 4))(
+        key, n, bs, jnp.int32(start), num_steps))
+    want = np.stack([np.asarray(data.batch_indices(key, n, bs, start + t))
+                     for t in range(num_steps)])
+    np.testing.assert_array_equal(got, want)
