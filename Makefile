@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,verify,experiments]"
 	touch $(STAMP)
 
+# The main job: train the default configuration on scikit-learn's bundled digits (no download),
+# certify it, and write report.json, training.png and checkpoints into runs/demo (a fresh run).
 demo: $(STAMP)
-	$(PY) -m liplax.cli demo
+	rm -rf runs/demo
+	$(PY) -m liplax.cli train --config default --out runs/demo
+	$(PY) -m liplax.cli bound runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest
