@@ -1,0 +1,1 @@
+"""Experiment scripts (see experiments/README.md); each is also runnable as a file."""
