@@ -273,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, DataError, CheckpointError, OutputError,
-            FileExistsError) as e:
+    except (ValueError, TypeError, DataError, CheckpointError, OutputError, FileExistsError,
+            FloatingPointError) as e:
         print(f"liplax: error: {e}", file=sys.stderr)
         return 2
 

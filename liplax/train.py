@@ -494,6 +494,13 @@ def train(
             t0 = time.perf_counter()
             state, metrics = chunk(state, x_train, y_train, n)
             metrics = {k: float(v) for k, v in metrics.items()}
+            if not all(math.isfinite(v) for v in metrics.values()):
+                saved = store.steps()
+                raise FloatingPointError(
+                    f"training diverged in steps {step + 1}-{step + n}: {metrics}; the last "
+                    f"checkpoint is step {saved[-1] if saved else 'none'} in {str(out)!r} (lower "
+                    f"learning_rate or penalty_weight with --set)"
+                )
             dt = time.perf_counter() - t0
             train_seconds += dt
             step += n

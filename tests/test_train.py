@@ -172,3 +172,22 @@ def test_chunk_batches_are_the_documented_data_order(start, num_steps):
     want = np.stack([np.asarray(data.batch_indices(key, n, bs, start + t))
                      for t in range(num_steps)])
     np.testing.assert_array_equal(got, want)
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, digits):
+    out = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match=r"diverged in steps 1-5.*last checkpoint is step"):
+        train.train(tiny_config("learning_rate=1e30", "loss=hinge"), out, dataset=digits,
+                    quiet=True)
+    assert not (out / "report.json").exists()
+
+
+def test_interrupted_write_leaves_no_step_behind(tmp_path, finished, digits):
+    # A save killed mid-write leaves orbax's temporary folder; it is never taken for a checkpoint.
+    out_a, _ = finished
+    out = tmp_path / "tmp"
+    train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=10)
+    shutil.copytree(out / "checkpoints" / "10", out / "checkpoints" / "20.orbax-checkpoint-tmp-1")
+    assert checkpoint.CheckpointStore(out).steps() == [10]
+    train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+    assert_same_state(final_state(out), final_state(out_a))
