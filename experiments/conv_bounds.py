@@ -83,16 +83,19 @@ def zero_padding_bound(kernel: jax.Array, n: int, stride: int, padding) -> float
     else:
         size = tuple(conv.circular_size(n, k, stride, lo, hi)
                      for k, (lo, hi) in zip((kh, kw), pads, strict=True))
-    return float(conv.exact_spectral_norm(kernel, size, strides=stride))
+    return float(jax.jit(partial(conv.exact_spectral_norm, input_shape=size,
+                                 strides=stride))(kernel))
 
 
 def _power_trajectory(kernel, n: int, stride: int, padding, steps: int, key) -> np.ndarray:
     """power(t) for t = 1..steps: one compiled step, warm-started from the previous vector."""
     step = jax.jit(partial(conv.power_iteration, input_shape=(n, n), strides=stride,
                            padding=padding, num_iters=1))
-    values, u = [], None
+    u = jax.random.normal(key, (n, n, kernel.shape[2]), kernel.dtype)
+    u = u / jnp.linalg.norm(u)
+    values = []
     for _ in range(steps):
-        value, u = step(kernel, u=u) if u is not None else step(kernel, key=key)
+        value, u = step(kernel, u=u)
         values.append(float(value))
     return np.asarray(values)
 
@@ -104,8 +107,11 @@ def tightness(cfg: dict, key: jax.Array) -> list[dict]:
     out = []
     for padding, stride in cfg["cases"]:
         truth = materialized_norm(kernel, n, stride, padding)
-        gram = [float(conv.gram_bound(kernel, (n, n), strides=stride, padding=padding,
-                                      num_iters=t)) for t in cfg["gram_iters"]]
+        gram_all = jax.jit(lambda k, stride=stride, padding=padding: [
+            conv.gram_bound(k, (n, n), strides=stride, padding=padding, num_iters=t)
+            for t in cfg["gram_iters"]
+        ])  # one compilation for every iteration count
+        gram = [float(g) for g in gram_all(kernel)]
         power = _power_trajectory(kernel, n, stride, padding, cfg["power_iters"],
                                   jax.random.fold_in(key, 1))
         entry = {
