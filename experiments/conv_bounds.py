@@ -42,6 +42,7 @@ from experiments import _common
 from liplax import _checks, conv
 
 NAME = "conv_bounds"
+GRAM_SLACK = 1e-5  # relative growth of the rounding margin per Gram step, once converged
 FULL = {
     "small": {"kernel": [3, 3, 4, 4], "n": 8,
               "cases": [["CIRCULAR", 1], ["CIRCULAR", 2], ["SAME", 1], ["SAME", 2], ["VALID", 1]],
@@ -125,8 +126,10 @@ def tightness(cfg: dict, key: jax.Array) -> list[dict]:
             entry["exact"] = entry["zero_padding_bound"]
         entry["checks"] = {
             "gram_ge_truth": all(g >= truth for g in gram),
+            # Non-increasing in exact arithmetic; once converged, the float32 rounding margin
+            # the bound carries grows by ~1e-6 (relative) per step: allow 1e-5.
             "gram_non_increasing": all(
-                b <= a * (1 + 1e-6) for a, b in zip(gram, gram[1:], strict=False)
+                b <= a * (1 + GRAM_SLACK) for a, b in zip(gram, gram[1:], strict=False)
             ),
             "zero_padding_bound_ge_truth": entry["zero_padding_bound"] >= truth * (1 - 1e-6),
             "power_le_truth": bool(np.all(power <= truth * (1 + 1e-5))),

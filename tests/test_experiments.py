@@ -169,7 +169,9 @@ def test_gram_bound_above_truth_and_non_increasing(convs):
     for e in convs["tightness"]:
         truth, gram = e["truth_float64"], e["gram"]
         assert all(g >= truth for g in gram), e["padding"]  # no tolerance below the truth
-        assert all(b <= a * (1 + 1e-6) for a, b in zip(gram, gram[1:], strict=False))
+        # Non-increasing up to the rounding margin the bound carries (it grows with t).
+        slack = conv_bounds.GRAM_SLACK
+        assert all(b <= a * (1 + slack) for a, b in zip(gram, gram[1:], strict=False))
         assert gram[-1] / truth < 1.01  # 6 steps: within 1% on these small layers
         assert e["zero_padding_bound"] >= truth * (1 - 1e-6)
 
