@@ -42,6 +42,7 @@ from experiments import _common
 from liplax import _checks, conv
 
 NAME = "conv_bounds"
+GRAM_SLACK = 1e-5  # relative growth of the rounding margin per Gram step, once converged
 FULL = {
     "small": {"kernel": [3, 3, 4, 4], "n": 8,
               "cases": [["CIRCULAR", 1], ["CIRCULAR", 2], ["SAME", 1], ["SAME", 2], ["VALID", 1]],
@@ -83,16 +84,19 @@ def zero_padding_bound(kernel: jax.Array, n: int, stride: int, padding) -> float
     else:
         size = tuple(conv.circular_size(n, k, stride, lo, hi)
                      for k, (lo, hi) in zip((kh, kw), pads, strict=True))
-    return float(conv.exact_spectral_norm(kernel, size, strides=stride))
+    return float(jax.jit(partial(conv.exact_spectral_norm, input_shape=size,
+                                 strides=stride))(kernel))
 
 
 def _power_trajectory(kernel, n: int, stride: int, padding, steps: int, key) -> np.ndarray:
     """power(t) for t = 1..steps: one compiled step, warm-started from the previous vector."""
     step = jax.jit(partial(conv.power_iteration, input_shape=(n, n), strides=stride,
                            padding=padding, num_iters=1))
-    values, u = [], None
+    u = jax.random.normal(key, (n, n, kernel.shape[2]), kernel.dtype)
+    u = u / jnp.linalg.norm(u)
+    values = []
     for _ in range(steps):
-        value, u = step(kernel, u=u) if u is not None else step(kernel, key=key)
+        value, u = step(kernel, u=u)
         values.append(float(value))
     return np.asarray(values)
 
@@ -104,8 +108,11 @@ def tightness(cfg: dict, key: jax.Array) -> list[dict]:
     out = []
     for padding, stride in cfg["cases"]:
         truth = materialized_norm(kernel, n, stride, padding)
-        gram = [float(conv.gram_bound(kernel, (n, n), strides=stride, padding=padding,
-                                      num_iters=t)) for t in cfg["gram_iters"]]
+        gram_all = jax.jit(lambda k, stride=stride, padding=padding: [
+            conv.gram_bound(k, (n, n), strides=stride, padding=padding, num_iters=t)
+            for t in cfg["gram_iters"]
+        ])  # one compilation for every iteration count
+        gram = [float(g) for g in gram_all(kernel)]
         power = _power_trajectory(kernel, n, stride, padding, cfg["power_iters"],
                                   jax.random.fold_in(key, 1))
         entry = {
@@ -119,8 +126,10 @@ def tightness(cfg: dict, key: jax.Array) -> list[dict]:
             entry["exact"] = entry["zero_padding_bound"]
         entry["checks"] = {
             "gram_ge_truth": all(g >= truth for g in gram),
+            # Non-increasing in exact arithmetic; once converged, the float32 rounding margin
+            # the bound carries grows by ~1e-6 (relative) per step: allow 1e-5.
             "gram_non_increasing": all(
-                b <= a * (1 + 1e-6) for a, b in zip(gram, gram[1:], strict=False)
+                b <= a * (1 + GRAM_SLACK) for a, b in zip(gram, gram[1:], strict=False)
             ),
             "zero_padding_bound_ge_truth": entry["zero_padding_bound"] >= truth * (1 - 1e-6),
             "power_le_truth": bool(np.all(power <= truth * (1 + 1e-5))),
@@ -179,10 +188,11 @@ def _plot(small: list[dict], large: list[dict], path) -> None:
         label = f"{e['padding']} s={e['stride']}"
         ax_g.plot(e["gram_iters"], np.asarray(e["gram_over_truth"]) - 1.0, "o-", label=label)
         power = np.asarray(e["power_over_truth"])
-        ax_p.plot(np.arange(1, power.size + 1), np.maximum(1.0 - power, 1e-16), label=label)
+        # Floored at float32 rounding: once converged, the estimate may sit an ulp above.
+        ax_p.plot(np.arange(1, power.size + 1), np.maximum(1.0 - power, 1e-7), label=label)
     ax_g.set(xlabel="Gram iterations", ylabel="gram / truth − 1", yscale="log",
              title="Gram upper bound (float64 truth)")
-    ax_p.set(xlabel="power iterations", ylabel="1 − power / truth", xscale="log",
+    ax_p.set(xlabel="power iterations", ylabel="1 − power / truth (floor 1e-7)", xscale="log",
              yscale="log", title="power iteration (from below)")
     ns = [r["n"] for r in large]
     for name in ("exact_circular", "gram_circular", "gram_same", "power_circular",

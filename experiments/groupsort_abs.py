@@ -40,8 +40,10 @@ NETWORKS = {  # label: (activation, weights)
     "relu_bjorck": ("relu", "bjorck"),
     "relu_spectral": ("relu", "spectral"),
 }
-FULL = {"sizes": [1, 32, 32, 32, 1], "steps": 3000, "batch": 256, "lr": 3e-3}
-QUICK = {"sizes": [1, 16, 16, 1], "steps": 600, "batch": 128, "lr": 1e-2}
+FULL = {"sizes": [1, 32, 32, 32, 1], "steps": 3000, "batch": 256, "lr": 3e-3,
+        "networks": list(NETWORKS)}
+QUICK = {"sizes": [1, 16, 16, 1], "steps": 600, "batch": 128, "lr": 1e-2,
+         "networks": ["maxmin_bjorck", "relu_bjorck"]}
 
 
 def _mse_loss(model, key: jax.Array, shape: jax.Array) -> jax.Array:
@@ -102,7 +104,8 @@ def run(out_dir, *, quick: bool = False, seed: int = 0) -> dict:
     grid = np.linspace(-1.0, 1.0, 2001)
     key = jax.random.key(seed)
     results = {}
-    for i, (label, (activation, weights)) in enumerate(NETWORKS.items()):
+    for i, label in enumerate(cfg["networks"]):
+        activation, weights = NETWORKS[label]
         k_init, k_train = jax.random.split(jax.random.fold_in(key, i))
         model = _common.lipschitz_mlp(
             cfg["sizes"], activation=activation, weights=weights, key=k_init

@@ -15,7 +15,9 @@ For each network and each norm (flax ``(in, out)`` layout, :mod:`liplax.verify` 
 
 Each run records its value and wall time, and the chain lower ≤ exact ≤ verifier ≤ trivial is
 checked per network and norm (float32 lower bounds get a relative slack of 1e-5; the float64
-upper bounds none beyond 1e-9). LipSDP is run on the input-reduced LMI only when that shrinks it
+upper bounds none beyond 1e-9). The lower bound runs on the network padded with dead hidden
+units to the largest width of the experiment (the same function), so one compilation serves
+every network. LipSDP is run on the input-reduced LMI only when that shrinks it
 (n < d): with n ≥ d the reduction enlarges the LMI from d + n to 2n.
 
 Run: ``python experiments/verifier_comparison.py [--quick] [--out results] [--seed 0]``.
@@ -131,11 +133,19 @@ def _chain(entry: dict) -> dict:
     return {"checks": checks, "holds": all(checks.values())}
 
 
+def _padded(ws: list[np.ndarray], width: int) -> list[jax.Array]:
+    """The same function with the hidden layer padded by dead units to ``width`` (float32), so
+    that every network of the experiment shares one compilation of the lower bound."""
+    extra = width - ws[0].shape[1]
+    return [jnp.asarray(np.pad(ws[0], ((0, 0), (0, extra))), jnp.float32),
+            jnp.asarray(np.pad(ws[1], ((0, extra), (0, 0))), jnp.float32)]
+
+
 def evaluate(ws: list[np.ndarray], cfg: dict, key: jax.Array) -> dict:
     """Every method on one network, both norms, with the chain check."""
     d = ws[0].shape[0]
     xs = jax.random.normal(jax.random.fold_in(key, 0), (64, d))
-    ws32 = [jnp.asarray(w, jnp.float32) for w in ws]
+    ws32 = _padded(ws, max(*cfg["widths"], cfg["sparse_width"]))
     result = {}
     for norm, p in (("l2", 2), ("linf", math.inf)):
         entry = {"trivial": _attempt(lambda p=p: _Result(trivial_bound(ws, p=p)))}
