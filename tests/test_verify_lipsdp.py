@@ -45,6 +45,13 @@ def test_lipsdp_reproduces_direct_formulation(dims):
     np.testing.assert_allclose(float(lipsdp(ws, reduce=False)), reference, rtol=1e-5)
 
 
+def test_lipsdp_reduces_the_input_only_when_it_shrinks_the_lmi():
+    ws = _net(3, [4, 8, 2])  # n1 = 8 ≥ n0 = 4: the reduction would grow the LMI
+    res = lipsdp(ws, solver="CLARABEL")
+    assert res.details["lmi_size"] == 4 + 8 and res.details["reduced"] is False
+    np.testing.assert_allclose(float(res), direct_lipsdp(ws), rtol=1e-6)
+
+
 def test_lipsdp_other_slopes_match_direct_formulation():
     ws = _net(1, [9, 6, 2])
     np.testing.assert_allclose(
