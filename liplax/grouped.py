@@ -15,8 +15,10 @@ of one shape (an MLP with 8 hidden 256×256 layers, a CNN with several 3×3 C→
    kernel shape and dtype, ``power_iters``, and for convolutions the input size, strides and
    padding;
 3. per group, stack the kernels (K_1, …, K_G) and states (u_1, …, u_G) along a new leading axis
-   and run **one** ``jax.vmap`` of the layer's own power function:
-   (σ̂_g, u'_g) = step(K_g, u_g) for all g at once;
+   and run **one** batched step (σ̂_g, u'_g) = step(K_g, u_g) for all g at once: ``jax.vmap``
+   of :func:`liplax.nn.dense.power_sigma` for dense layers; for convolutions
+   :func:`conv_power_step`, the arithmetic of :func:`liplax.conv.power_iteration` with the
+   convolution written as one batched matrix product (im2col);
 4. write u'_g back into layer g's state when the layer is in training mode
    (``deterministic=False``), exactly as the per-layer path does, and use σ̂_g as its factor.
 
@@ -24,7 +26,7 @@ The sum Σ_l log Lip_l is then formed in the per-layer path's order. Layers with
 (activations, AOL, spectral layers, plain ``nnx`` layers, p ≠ 2) use their own fast values.
 Same semantics (value, ``kind``, state update and gradient, up to the float reordering of
 batched arithmetic); only the number of operations changes: one batched matrix–vector (or
-convolution) chain per group instead of one per layer. Guarantee: ``estimate`` whenever a
+im2col matrix) chain per group instead of one per layer. Guarantee: ``estimate`` whenever a
 power step is used (σ̂ ≤ σ₁), as for the per-layer path.
 Reference: Miyato, Kataoka, Koyama, Yoshida, *Spectral Normalization for GANs*, ICLR 2018;
 ``jax.vmap`` (Bradbury et al., 2018).
@@ -38,9 +40,12 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
+from liplax import _checks
 from liplax import conv as conv_ops
 from liplax.guarantee import compose_kind
+from liplax.linalg import pow2_scale
 from liplax.nn._base import check_p, shape_tuple
 from liplax.nn.containers import (
     Residual,
@@ -128,20 +133,75 @@ def power_groups(model, input_shape: Sequence[int], *, p=2) -> list[PowerGroup]:
     return list(groups.values())
 
 
+def _unit_rows(v: jax.Array) -> jax.Array:
+    """Each item v_g/‖v_g‖₂ (over all its axes), a zero item left at zero."""
+    n = jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+    return v / jnp.where(n > 0, n, jnp.ones_like(n))
+
+
+def _conv_batch(kernels: jax.Array, v: jax.Array, strides, pads) -> jax.Array:
+    r"""(A_g v_g)_g for G kernels (G, kh, kw, in, out) and G inputs (G, H, W, in).
+
+    The layer's cross-correlation y[i, j, o] = Σ_{p,q,c} x_pad[s_h i + p, s_w j + q, c] k[p, q,
+    c, o] (``pads`` resolved by :func:`liplax._checks.padding`: zero (lo, hi) pairs or flax's
+    wrapped ``"CIRCULAR"``), written as one batched matrix product of the kh·kw shifted strided
+    views ("im2col") with the kernels: (G, H'W', kh·kw·in) @ (G, kh·kw·in, out). A batched
+    ``lax.conv_general_dilated`` over per-item kernels becomes a grouped convolution, which XLA's
+    CPU backend runs several times slower than the per-layer convolutions
+    (``benchmarks/grouped.py``); the batched product does not.
+    """
+    g, kh, kw, cin, cout = kernels.shape
+    if pads == "CIRCULAR":
+        cp = conv_ops._circular_pads((kh, kw))
+        v = jnp.pad(v, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
+    else:
+        v = jnp.pad(v, ((0, 0), pads[0], pads[1], (0, 0)))
+    (sh, sw), (hp, wp) = strides, v.shape[1:3]
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    cols = [
+        v[:, p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw, :]
+        for p in range(kh)
+        for q in range(kw)
+    ]
+    patches = jnp.stack(cols, axis=3)  # (G, H', W', kh·kw, in)
+    k = kernels.reshape(g, kh * kw, cin, cout)
+    return jnp.einsum("gijtc,gtco->gijo", patches, k, precision=lax.Precision.HIGHEST)
+
+
+def conv_power_step(
+    kernels: jax.Array, states: jax.Array, *, strides, padding, num_iters: int
+) -> tuple[jax.Array, jax.Array]:
+    r"""``conv.power_iteration`` of G same-shape layers at once: (σ̂ (G,), v (G, H, W, in)).
+
+    Per item, as :func:`liplax.conv.power_iteration`: s = 2^e (exact scaling), v ← Aᵀ(Av)/‖·‖
+    ``num_iters`` times from v₀ = u/‖u‖ with A the layer on k/s (held fixed), then
+    σ̂ = s·‖A(k/s) v‖ ≤ σ₁ (``estimate``; gradient with v fixed, Miyato et al., ICLR 2018).
+    A and Aᵀ (``jax.linear_transpose``) are :func:`_conv_batch`.
+    """
+    hw = states.shape[1:3]
+    pads = _checks.padding(padding, hw, kernels.shape[1:3], strides)
+    scale = jax.vmap(pow2_scale)(kernels)[:, None, None, None, None]
+    fixed = lax.stop_gradient(kernels / scale)
+    fwd = partial(_conv_batch, fixed, strides=strides, pads=pads)
+    transpose = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(states.shape, kernels.dtype))
+
+    def body(_, v):
+        return _unit_rows(transpose(fwd(v))[0])
+
+    v = lax.stop_gradient(lax.fori_loop(0, num_iters, body, _unit_rows(states)))
+    out = _conv_batch(kernels / scale, v, strides, pads)
+    return scale[:, 0, 0, 0, 0] * jnp.sqrt(jnp.sum(out * out, axis=(1, 2, 3))), v
+
+
 def _group_step(group: PowerGroup) -> tuple[jax.Array, jax.Array]:
-    """(σ̂ (G,), u' (G, …)) of one vmapped power step over the group's stacked layers."""
+    """(σ̂ (G,), u' (G, …)) of one batched power step over the group's stacked layers."""
     first = group.layers[0]
     kernels = jnp.stack([layer.kernel[...] for layer in group.layers])
     states = jnp.stack([layer.power_state[...] for layer in group.layers])
     if group.key[0] == "dense":
-        step = partial(power_sigma, num_iters=first.power_iters)
-    else:
-        def step(kernel, u):
-            return conv_ops.power_iteration(
-                kernel, first.input_size, u, strides=first.strides, padding=first.padding,
-                num_iters=first.power_iters,
-            )
-    return jax.vmap(step)(kernels, states)
+        return jax.vmap(partial(power_sigma, num_iters=first.power_iters))(kernels, states)
+    return conv_power_step(kernels, states, strides=first.strides, padding=first.padding,
+                           num_iters=first.power_iters)
 
 
 def grouped_log_bound(model, input_shape: Sequence[int], *, p=2) -> tuple[jax.Array, str]:
@@ -177,4 +237,4 @@ def grouped_log_bound(model, input_shape: Sequence[int], *, p=2) -> tuple[jax.Ar
     return _walk(model, input_shape, value)
 
 
-__all__ = ["PowerGroup", "grouped_log_bound", "power_groups"]
+__all__ = ["PowerGroup", "conv_power_step", "grouped_log_bound", "power_groups"]
