@@ -15,6 +15,11 @@ warm-up, ended by ``block_until_ready``:
   changes);
 - ``train_step``: a full Adam step of softmax cross-entropy + 1e-2·penalty on a batch.
 
+- ``step_breakdown``: value and gradient of Σ_g log σ̂_g over the big group's kernels alone, as
+  (a) per-layer library steps (``conv.power_iteration`` on ``lax.conv``; ``power_sigma``),
+  (b) per-layer im2col steps (``conv_power_step`` on groups of one; conv only) and (c) one
+  grouped step: (a)→(b) is the gain of the im2col formulation, (b)→(c) that of grouping.
+
 Also reported: the largest difference between the two variants' penalty values after the timed
 runs (they must agree to float tolerance). JSON to stdout and ``benchmarks/results/grouped.json``.
 Usage: python benchmarks/grouped.py [--repeats 30] [--batch 64] [--channels 32]
@@ -40,8 +45,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import liplax.nn as ln  # noqa: E402
-from liplax import bounds  # noqa: E402
-from liplax.grouped import power_groups  # noqa: E402
+from liplax import bounds, conv  # noqa: E402
+from liplax.grouped import conv_power_step, power_groups  # noqa: E402
+from liplax.nn.dense import power_sigma  # noqa: E402
 
 
 def mlp(rngs: nnx.Rngs, width: int = 256, hidden: int = 8) -> ln.Sequential:
@@ -111,6 +117,41 @@ def _interleaved(calls: dict, repeats: int, warmup: int = 3) -> dict:
             for name, ts in times.items()}
 
 
+def step_breakdown(group, repeats: int) -> dict:
+    """(a) per-layer library steps, (b) per-layer im2col steps, (c) one grouped step."""
+    first = group.layers[0]
+    ks = jax.numpy.stack([layer.kernel[...] for layer in group.layers])
+    us = jax.numpy.stack([layer.power_state[...] for layer in group.layers])
+    n = ks.shape[0]
+    if group.key[0] == "dense":
+        variants = {
+            "per_layer_library": lambda k: [power_sigma(k[i], us[i])[0] for i in range(n)],
+            "grouped": lambda k: [jax.vmap(power_sigma)(k, us)[0]],
+        }
+    else:
+        kw = {"strides": first.strides, "padding": first.padding, "num_iters": 1}
+        variants = {
+            "per_layer_library": lambda k: [
+                conv.power_iteration(k[i], first.input_size, us[i], **kw)[0] for i in range(n)],
+            "per_layer_im2col": lambda k: [
+                conv_power_step(k[i:i + 1], us[i:i + 1], **kw)[0] for i in range(n)],
+            "grouped": lambda k: [conv_power_step(k, us, **kw)[0]],
+        }
+
+    def vg(f):
+        return jax.jit(jax.value_and_grad(
+            lambda k: sum(jax.numpy.sum(jax.numpy.log(s)) for s in f(k))))
+
+    fns = {name: vg(f) for name, f in variants.items()}
+    timed = _interleaved({name: (lambda f=f: f(ks)) for name, f in fns.items()}, repeats)
+    vals = {name: float(f(ks)[0]) for name, f in fns.items()}
+    base = timed["per_layer_library"]["median_ms"]
+    for name in timed:
+        timed[name]["speedup_vs_per_layer_library"] = base / timed[name]["median_ms"]
+        timed[name]["value"] = vals[name]
+    return {"layers": n, "kernel": list(ks.shape[1:]), **timed}
+
+
 def model_case(build, input_shape, batch: int, repeats: int) -> dict:
     groups = power_groups(build(nnx.Rngs(0)), input_shape)
     fns = {g: make_fns(build, input_shape, g) for g in (False, True)}
@@ -148,6 +189,7 @@ def model_case(build, input_shape, batch: int, repeats: int) -> dict:
         "train_step": {**train_t, "speedup": train_t["per_layer"]["median_ms"]
                        / train_t["grouped"]["median_ms"]},
         "abs_diff_penalty_value_after_5_steps": diff,
+        "step_breakdown": step_breakdown(max(groups, key=lambda g: len(g.layers)), repeats),
     }
 
 
