@@ -20,6 +20,11 @@ warm-up, ended by ``block_until_ready``:
   (b) per-layer im2col steps (``conv_power_step`` on groups of one; conv only) and (c) one
   grouped step: (a)→(b) is the gain of the im2col formulation, (b)→(c) that of grouping.
 
+- ``spectral``: a full Adam step of softmax cross-entropy through ``SpectralDense``/
+  ``SpectralConv`` models (the same shapes, spectral layers in place of the free ones), with
+  ``model(x)`` (one power step per layer inside the forward pass) vs
+  ``liplax.grouped.grouped_call(model, x)`` (one batched step per group, then the forward).
+
 Also reported: the largest difference between the two variants' penalty values after the timed
 runs (they must agree to float tolerance). JSON to stdout and ``benchmarks/results/grouped.json``.
 Usage: python benchmarks/grouped.py [--repeats 30] [--batch 64] [--channels 32]
@@ -46,24 +51,71 @@ if str(ROOT) not in sys.path:
 
 import liplax.nn as ln  # noqa: E402
 from liplax import bounds, conv  # noqa: E402
-from liplax.grouped import conv_power_step, power_groups  # noqa: E402
+from liplax.grouped import (  # noqa: E402
+    conv_power_step,
+    grouped_call,
+    power_groups,
+    spectral_groups,
+)
 from liplax.nn.dense import power_sigma  # noqa: E402
 
 
-def mlp(rngs: nnx.Rngs, width: int = 256, hidden: int = 8) -> ln.Sequential:
-    layers = [ln.Flatten(), ln.Dense(784, width, rngs=rngs), ln.MaxMin()]
+def mlp(rngs: nnx.Rngs, width: int = 256, hidden: int = 8, dense=ln.Dense) -> ln.Sequential:
+    layers = [ln.Flatten(), dense(784, width, rngs=rngs), ln.MaxMin()]
     for _ in range(hidden):
-        layers += [ln.Dense(width, width, rngs=rngs), ln.MaxMin()]
-    return ln.Sequential(*layers, ln.Dense(width, 10, rngs=rngs))
+        layers += [dense(width, width, rngs=rngs), ln.MaxMin()]
+    return ln.Sequential(*layers, dense(width, 10, rngs=rngs))
 
 
-def cnn(rngs: nnx.Rngs, channels: int = 32, size: int = 16, same: int = 6) -> ln.Sequential:
-    layers = [ln.Conv(3, channels, 3, input_size=(size, size), rngs=rngs), ln.MaxMin()]
+def cnn(rngs: nnx.Rngs, channels: int = 32, size: int = 16, same: int = 6, conv=ln.Conv,
+        dense=ln.Dense) -> ln.Sequential:
+    layers = [conv(3, channels, 3, input_size=(size, size), rngs=rngs), ln.MaxMin()]
     for _ in range(same):
-        layers += [ln.Conv(channels, channels, 3, input_size=(size, size), rngs=rngs),
-                   ln.MaxMin()]
+        layers += [conv(channels, channels, 3, input_size=(size, size), rngs=rngs), ln.MaxMin()]
     return ln.Sequential(*layers, ln.AvgPool(4), ln.Flatten(),
-                         ln.Dense((size // 4) ** 2 * channels, 10, rngs=rngs))
+                         dense((size // 4) ** 2 * channels, 10, rngs=rngs))
+
+
+def spectral_case(build, input_shape, batch: int, repeats: int) -> dict:
+    """Adam step through a spectral model: model(x) vs grouped_call(model, x)."""
+    groups = spectral_groups(build(nnx.Rngs(0)))
+    key_x, key_y = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(key_x, (batch, *input_shape))
+    y = jax.random.randint(key_y, (batch,), 0, 10)
+    fns, states, losses = {}, {}, {}
+    for name, call in (("per_layer", lambda m, v: m(v)), ("grouped", grouped_call)):
+        model = build(nnx.Rngs(0))
+        opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+        graphdef, states[name] = nnx.split((model, opt))
+
+        def step(state, graphdef=graphdef, call=call):
+            model, opt = nnx.merge(graphdef, state)
+
+            def loss_fn(model):
+                logits = call(model, x)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, grads = nnx.value_and_grad(loss_fn)(model)
+            opt.update(model, grads)
+            return nnx.state((model, opt)), loss
+
+        fns[name] = jax.jit(step)
+
+    def call(name):
+        def run():
+            states[name], losses[name] = fns[name](states[name])
+            return states[name], losses[name]
+        return run
+
+    timed = _interleaved({name: call(name) for name in fns}, repeats)
+    return {
+        "groups": [{"key": [str(k) for k in g.key], "layers": len(g.layers)} for g in groups],
+        "batch": batch,
+        "train_step": {**timed, "speedup": timed["per_layer"]["median_ms"]
+                       / timed["grouped"]["median_ms"]},
+        "abs_diff_loss_after_same_steps": abs(float(losses["grouped"])
+                                              - float(losses["per_layer"])),
+    }
 
 
 def make_fns(build, input_shape, grouped: bool):
@@ -213,6 +265,13 @@ def main() -> None:
             f"cnn_3_then_6x{args.channels}_16x16": model_case(
                 lambda r: cnn(r, channels=args.channels), (16, 16, 3), args.batch, args.repeats
             ),
+        },
+        "spectral": {
+            "mlp_784_8x256_10": spectral_case(
+                lambda r: mlp(r, dense=ln.SpectralDense), (28, 28, 1), args.batch, args.repeats),
+            f"cnn_3_then_6x{args.channels}_16x16": spectral_case(
+                lambda r: cnn(r, channels=args.channels, conv=ln.SpectralConv,
+                              dense=ln.SpectralDense), (16, 16, 3), args.batch, args.repeats),
         },
     }
     text = json.dumps(result, indent=2)

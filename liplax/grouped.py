@@ -1,4 +1,4 @@
-r"""Grouped power iteration for the training penalty: same-shape layers in one vmapped step.
+r"""Grouped power iteration in training: same-shape layers in one batched step per group.
 
 The fast path of :func:`liplax.bounds.trivial_bound_penalty` evaluates, for every free-weight
 layer (``Dense``, ``SinusoidalDense``, ``Conv``) and p = 2, a warm power-iteration step on its
@@ -22,7 +22,10 @@ of one shape (an MLP with 8 hidden 256×256 layers, a CNN with several 3×3 C→
 4. write u'_g back into layer g's state when the layer is in training mode
    (``deterministic=False``), exactly as the per-layer path does, and use σ̂_g as its factor.
 
-The sum Σ_l log Lip_l is then formed in the per-layer path's order. Layers without a power step
+The sum Σ_l log Lip_l is then formed in the per-layer path's order. :func:`grouped_call` does
+the same for the spectral normalization in the forward pass: ``grouped_call(model, x)`` equals
+``model(x)`` with the power steps of all training-mode ``SpectralDense``/``SpectralConv``
+layers of one key run as one batched step before the layers are applied. Layers without a power step
 (activations, AOL, spectral layers, plain ``nnx`` layers, p ≠ 2) use their own fast values.
 Same semantics (value, ``kind``, state update and gradient, up to the float reordering of
 batched arithmetic); only the number of operations changes: one batched matrix–vector (or
@@ -59,9 +62,12 @@ from liplax.nn.containers import (
 from liplax.nn.conv import Conv
 from liplax.nn.dense import Dense, power_sigma
 from liplax.nn.sinusoidal import SinusoidalDense
+from liplax.nn.spectral import SpectralConv, SpectralDense
 
 _DENSE_TYPES = (Dense, SinusoidalDense)
 """Layers whose ℓ2 fast value is ``power_sigma(kernel, power_state, power_iters)``."""
+_SPECTRAL_TYPES = (SpectralDense, SpectralConv)
+"""Layers whose training-mode forward divides the kernel by a power-step σ̂."""
 
 
 @dataclass
@@ -77,10 +83,10 @@ def _group_key(layer) -> tuple | None:
 
     Exact types only: a subclass may override ``lipschitz_estimate``.
     """
-    if type(layer) not in (*_DENSE_TYPES, Conv):
+    if type(layer) not in (*_DENSE_TYPES, Conv, *_SPECTRAL_TYPES):
         return None
     k, state = layer.kernel[...], layer.power_state[...]
-    if type(layer) in _DENSE_TYPES:
+    if type(layer) in (*_DENSE_TYPES, SpectralDense):
         return ("dense", k.shape, str(k.dtype), str(state.dtype), layer.power_iters)
     return ("conv", k.shape, str(k.dtype), str(state.dtype), layer.power_iters,
             layer.input_size, layer.strides, layer.padding)
@@ -117,7 +123,7 @@ def power_groups(model, input_shape: Sequence[int], *, p=2) -> list[PowerGroup]:
     found: list = []
 
     def collect(layer, shape):
-        if p == 2 and _group_key(layer) is not None:
+        if p == 2 and type(layer) in (*_DENSE_TYPES, Conv):
             layer.output_shape(shape)
             if type(layer) is Conv:
                 layer._check_state_size(shape, "lipschitz_estimate")
@@ -125,6 +131,11 @@ def power_groups(model, input_shape: Sequence[int], *, p=2) -> list[PowerGroup]:
         return jnp.asarray(0.0), "exact"
 
     _walk(model, input_shape, collect)
+    return _group(found)
+
+
+def _group(found: list) -> list[PowerGroup]:
+    """Group by :func:`_group_key`, in order; a layer found more than once is left out."""
     groups: dict[tuple, PowerGroup] = {}
     for layer in found:
         if sum(other is layer for other in found) == 1:
@@ -237,4 +248,83 @@ def grouped_log_bound(model, input_shape: Sequence[int], *, p=2) -> tuple[jax.Ar
     return _walk(model, input_shape, value)
 
 
-__all__ = ["PowerGroup", "conv_power_step", "grouped_log_bound", "power_groups"]
+# --------------------------------------------------------------------------------------------
+# Spectral normalization in the forward pass.
+# --------------------------------------------------------------------------------------------
+
+
+def _leaves(layer) -> list:
+    """The non-container layers in forward order (through Sequential and Residual)."""
+    kids = _children(layer)
+    if kids is not None:
+        return [leaf for child in kids for leaf in _leaves(child)]
+    if isinstance(layer, Residual):
+        return _leaves(layer.inner)
+    return [layer]
+
+
+def spectral_groups(model) -> list[PowerGroup]:
+    """The ``SpectralDense``/``SpectralConv`` layers in training mode, grouped by power-step key.
+
+    Layers in inference mode take no power step (σ̂ = ‖A u‖ from the stored u) and are left to
+    their own forward; so is a layer used more than once.
+    """
+    found = [leaf for leaf in _leaves(model)
+             if type(leaf) in _SPECTRAL_TYPES and not leaf.deterministic]
+    return _group(found)
+
+
+def grouped_call(model, x: jax.Array) -> jax.Array:
+    r"""``model(x)`` with the training-mode spectral normalizations done as grouped power steps.
+
+    Every ``SpectralDense``/``SpectralConv`` in training mode divides its kernel by σ̂ from one
+    warm power step and stores the new vector (Miyato et al., ICLR 2018). Here the steps of
+    all such layers with the same key (kernel shape, dtype, ``power_iters``, and for
+    convolutions input size, stride and padding) run first, as one batched step per group
+    (σ̂_g, u'_g) = step(K_g, u_g) (as :func:`grouped_log_bound`), the u'_g are stored, and the
+    forward pass then applies each layer with the kernel K_g/σ̂_g (``apply_kernel``). Same
+    output, state updates and gradient as ``model(x)`` (up to float reordering); other layers,
+    and containers other than ``Sequential``/``nnx.Sequential``/``Residual``, run as usual.
+    Guarantee: the normalized layers are what ``model(x)`` computes (σ̂ ≤ σ₁, an estimate; the
+    certificate is ``lipschitz_bound``).
+
+    Args:
+      model: a liplax layer or container.
+      x: the input batch.
+    """
+    sigmas: dict[int, jax.Array] = {}
+    for group in spectral_groups(model):
+        sigma, u = _group_step(group)
+        for g, layer in enumerate(group.layers):
+            sigmas[id(layer)] = sigma[g]
+            layer.power_state[...] = u[g]
+    return _forward(model, x, sigmas)
+
+
+def _forward(layer, x: jax.Array, sigmas: dict) -> jax.Array:
+    kids = _children(layer)
+    if kids is not None:
+        for child in kids:
+            x = _forward(child, x, sigmas)
+        return x
+    if isinstance(layer, Residual):
+        y = _forward(layer.inner, x, sigmas)
+        if y.shape != x.shape:
+            raise ValueError(
+                f"Residual: inner layer ({_name(layer.inner)}) maps shape {tuple(x.shape)} to "
+                f"{tuple(y.shape)}; a residual branch must keep the shape"
+            )
+        return x + y
+    if id(layer) in sigmas:
+        return layer.apply_kernel(x, layer.kernel[...] / sigmas[id(layer)])
+    return layer(x)
+
+
+__all__ = [
+    "PowerGroup",
+    "conv_power_step",
+    "grouped_call",
+    "grouped_log_bound",
+    "power_groups",
+    "spectral_groups",
+]
