@@ -22,15 +22,15 @@ of one shape (an MLP with 8 hidden 256×256 layers, a CNN with several 3×3 C→
 4. write u'_g back into layer g's state when the layer is in training mode
    (``deterministic=False``), exactly as the per-layer path does, and use σ̂_g as its factor.
 
-The sum Σ_l log Lip_l is then formed in the per-layer path's order. :func:`grouped_call` does
-the same for the spectral normalization in the forward pass: ``grouped_call(model, x)`` equals
-``model(x)`` with the power steps of all training-mode ``SpectralDense``/``SpectralConv``
-layers of one key run as one batched step before the layers are applied. Layers without a power step
-(activations, AOL, spectral layers, plain ``nnx`` layers, p ≠ 2) use their own fast values.
-Same semantics (value, ``kind``, state update and gradient, up to the float reordering of
-batched arithmetic); only the number of operations changes: one batched matrix–vector (or
-im2col matrix) chain per group instead of one per layer. Guarantee: ``estimate`` whenever a
-power step is used (σ̂ ≤ σ₁), as for the per-layer path.
+The sum Σ_l log Lip_l is then formed in the per-layer path's order. Layers without a power
+step (activations, AOL, spectral layers, plain ``nnx`` layers, p ≠ 2) use their own fast values.
+:func:`grouped_call` does the same for the spectral normalization in the forward pass:
+``grouped_call(model, x)`` equals ``model(x)`` with the power steps of all training-mode
+``SpectralDense``/``SpectralConv`` layers of one key run as one batched step before the layers
+are applied. Same semantics (value, ``kind``, state update and gradient, up to the float
+reordering of batched arithmetic); only the number of operations changes: one batched
+matrix–vector (or im2col matrix) chain per group instead of one per layer. Guarantee:
+``estimate`` whenever a power step is used (σ̂ ≤ σ₁), as for the per-layer path.
 Reference: Miyato, Kataoka, Koyama, Yoshida, *Spectral Normalization for GANs*, ICLR 2018;
 ``jax.vmap`` (Bradbury et al., 2018).
 """
@@ -72,7 +72,7 @@ _SPECTRAL_TYPES = (SpectralDense, SpectralConv)
 
 @dataclass
 class PowerGroup:
-    """Layers sharing one vmapped power step: ``key`` (the static arguments) and the layers."""
+    """Layers sharing one batched power step: ``key`` (the static arguments) and the layers."""
 
     key: tuple
     layers: list = field(default_factory=list)
