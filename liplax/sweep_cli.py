@@ -146,26 +146,12 @@ def read_inputs(paths, note) -> list[Entry]:
         path = Path(raw)
         if not path.exists():
             raise SweepInputError(f"{raw}: no such file or directory")
-        if path.is_dir():
-            found = _read_checkpoints(path, note)
-        elif path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-            entry = _as_entry(str(path), path.stem, arr, (2, 3, 4, 5))
-            found = [] if entry is None else [entry]
-        elif path.suffix == ".npz":
-            found = []
-            with np.load(path, allow_pickle=False) as z:
-                for key in z.files:
-                    entry = _as_entry(str(path), key, z[key], (2, 3, 4, 5))
-                    if entry is None:
-                        note(f"{path}: skipping {key!r} (shape {z[key].shape}, {z[key].dtype}): "
-                             "not a float array of rank 2-5")
-                    else:
-                        found.append(entry)
-        else:
-            raise SweepInputError(
-                f"{raw}: expected a .npy or .npz file or an orbax checkpoint directory"
-            )
+        try:
+            found = _read_one(path, raw, note)
+        except (OSError, ValueError) as err:
+            if isinstance(err, SweepInputError):
+                raise
+            raise SweepInputError(f"{raw}: cannot be read ({type(err).__name__}: {err})") from err
         if not found:
             raise SweepInputError(
                 f"{raw}: holds no float array of usable rank (2: dense (in, out); 4: conv HWIO; "
@@ -173,6 +159,29 @@ def read_inputs(paths, note) -> list[Entry]:
             )
         entries.extend(found)
     return entries
+
+
+def _read_one(path: Path, raw: str, note) -> list[Entry]:
+    """The kernels of one input path (a .npy/.npz file or a checkpoint directory)."""
+    if path.is_dir():
+        return _read_checkpoints(path, note)
+    if path.suffix == ".npy":
+        entry = _as_entry(str(path), path.stem, np.load(path, allow_pickle=False), (2, 3, 4, 5))
+        return [] if entry is None else [entry]
+    if path.suffix != ".npz":
+        raise SweepInputError(
+            f"{raw}: expected a .npy or .npz file or an orbax checkpoint directory"
+        )
+    found = []
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            entry = _as_entry(str(path), key, z[key], (2, 3, 4, 5))
+            if entry is None:
+                note(f"{path}: skipping {key!r} (shape {z[key].shape}, {z[key].dtype}): "
+                     "not a float array of rank 2-5")
+            else:
+                found.append(entry)
+    return found
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def files(tmp_path_factory):
     np.save(d / "one.npy", one)
     np.savez(d / "many.npz", dense=dense, stack=stack, dstack=dstack, labels=np.arange(4))
     np.save(d / "scalarish.npy", np.ones(7, np.float32))
+    (d / "broken.npy").write_bytes(b"not a numpy file")
     return {"dir": d, "one": one, "dense": dense, "stack": stack, "dstack": dstack}
 
 
@@ -182,6 +183,7 @@ def test_plain_progress_lines_without_tqdm(files, tmp_path, capsys, monkeypatch)
         (["{d}/one.npy", "--out", "t.txt"], "--out must end in .json or .csv"),
         (["{d}/one.npy", "--input-size", "5", "5", "--padding", "SAMEISH"], "--padding must"),
         (["{d}"], "found none"),
+        (["{d}/broken.npy"], "broken.npy: cannot be read"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(files, capsys, argv, message):
