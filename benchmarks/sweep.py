@@ -21,6 +21,19 @@ Measured:
   starts). Simulated devices share the machine's cores, so this measures the sharding overhead,
   not a speed-up: on a 2-core machine 4 devices cannot beat 2.
 
+- ``work``: why the issue-shaped sweep cannot be 3× faster than the loop on a CPU. Per kernel,
+  ``conv.gram_bound`` runs T = 6 Gram steps on F = 33·17 = 561 complex 64×64 frequency
+  matrices (SAME padding embeds 32×32 into a 33×33 circle), each step four real 64×64 matrix
+  products: 4·F·T·2·64³ ≈ 7.1 GFLOP, against ≈ 0.05 GFLOP for the frequency matrices. The
+  loop's single call already multiplies a batch of 561 matrices, so batching kernels adds no
+  arithmetic efficiency: XLA's own FLOP count (``cost_analysis``) per kernel is the same for
+  the single call and the vmapped sweep. Timed in the same process: the Gram iteration of one
+  kernel alone (its share of the loop's time and its GFLOP/s) and a 1024×1024 float32 matmul
+  (the machine's dense-matmul throughput). ``max_speedup_from_batching`` = loop time /
+  (Gram FLOPs / matmul throughput): the ceiling for any sweep that does the same arithmetic.
+  Timings interleave the four, and report the median and the minimum over rounds (the minimum
+  is the least disturbed by other jobs on a shared machine).
+
 Floors (issue 6): the sweep ≥ 3× faster per kernel than the loop; the chunked temp memory
 independent of the batch size.
 
@@ -109,6 +122,81 @@ def dense_speed_case(shape, batch: int, chunks, repeats: int) -> dict:
                       operator="linalg.gram_bound (num_iters=6)", matrix=list(shape))
 
 
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def work_case(shape, input_shape, batch: int, rounds: int, num_iters: int = 6) -> dict:
+    """FLOPs per kernel and the machine's matmul throughput: the ceiling of a batched sweep."""
+    from liplax.conv import _circular_setup, _resolve
+
+    kh, kw, cin, cout = shape
+    kernel, hw, st, pads = _resolve(jnp.zeros(shape, jnp.float32), input_shape, 1, "SAME")
+    _, (nh, nw) = _circular_setup(kernel, hw, st, pads)
+    num_f = nh * (nw // 2 + 1)
+    m, n = max(cin, cout), min(cin, cout)
+    gram_flops = num_f * 4 * (2 * m * n * n + (num_iters - 1) * 2 * n**3)
+    fn = partial(conv.gram_bound, input_shape=input_shape, num_iters=num_iters)
+    one = jax.ShapeDtypeStruct(shape, jnp.float32)
+    many = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
+    xla_single = _flops(jax.jit(fn).lower(one).compile())
+    xla_sweep = _flops(jax.jit(partial(sweep, fn)).lower(many).compile()) / batch
+
+    ks = _kernels(batch, shape)
+    single = jax.jit(fn)
+    rows = [ks[i] for i in range(batch)]
+    from liplax.conv import _side, frequency_matrices
+    from liplax.linalg import gram_iteration
+
+    mats = jax.jit(lambda k: _side(frequency_matrices(k, (nh, nw))))(ks[0])
+    gram_only = jax.jit(lambda m: gram_iteration(m, num_iters))
+    big = jax.random.normal(jax.random.key(2), (1024, 1024), jnp.float32)
+    matmul = jax.jit(lambda a: jnp.matmul(a, a, precision=jax.lax.Precision.HIGHEST))
+    calls = {
+        "loop": lambda: [single(x) for x in rows],
+        "sweep": lambda: sweep(fn, ks),
+        "gram_iteration_one_kernel": lambda: gram_only(mats),
+        "matmul_1024": lambda: matmul(big),
+    }
+    for f in calls.values():
+        jax.block_until_ready(f())
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, f in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+    out = {
+        "kernel_hwio": list(shape), "input_shape": list(input_shape), "batch": batch,
+        "rounds": rounds, "frequencies": num_f, "gram_steps": num_iters,
+        "gram_gflop_per_kernel": gram_flops / 1e9,
+        "xla_cost_analysis_gflop_per_kernel": {"single": xla_single / 1e9,
+                                               "sweep": xla_sweep / 1e9},
+        "xla_note": "XLA counts a fori_loop body once, so its figure is below the analytic "
+                    "count; what matters is that single and sweep are equal",
+    }
+    for stat, agg in (("median", statistics.median), ("min", min)):
+        loop_k = agg(times["loop"]) / batch
+        sweep_k = agg(times["sweep"]) / batch
+        gram_k = agg(times["gram_iteration_one_kernel"])
+        peak = 2 * 1024**3 / agg(times["matmul_1024"]) / 1e9
+        floor_k = gram_flops / (peak * 1e9)
+        out[stat] = {
+            "loop_ms_per_kernel": 1e3 * loop_k,
+            "sweep_ms_per_kernel": 1e3 * sweep_k,
+            "speedup_sweep_vs_loop": loop_k / sweep_k,
+            "gram_iteration_ms_per_kernel": 1e3 * gram_k,
+            "gram_share_of_loop": gram_k / loop_k,
+            "gram_iteration_gflops": gram_flops / gram_k / 1e9,
+            "matmul_1024_gflops": peak,
+            "matmul_floor_ms_per_kernel": 1e3 * floor_k,
+            "max_speedup_from_batching": loop_k / floor_k,
+        }
+    return out
+
+
 def memory_case(shape, input_shape, batches, chunk: int) -> dict:
     fn = partial(conv.gram_bound, input_shape=input_shape)
     rows = []
@@ -190,6 +278,7 @@ def main() -> None:
                             args.repeats),
             dense_speed_case(TINY["matrix"], TINY["batch"], (None, 256), args.repeats),
         ],
+        "work": work_case(ISSUE["kernel"], ISSUE["input_shape"], args.batch, args.repeats),
         "memory": memory_case(ISSUE["kernel"], ISSUE["input_shape"], (32, 128, 512), 8),
         "devices": devices_case((1, 2, 4), args.repeats),
     }

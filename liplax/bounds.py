@@ -12,7 +12,9 @@ regularizer, usable inside ``nnx.jit``/``nnx.value_and_grad``:
 
 With ``fast=True`` (default) the ℓ2 factors of free-weight layers are warm power iterations
 (one step per call, state moved in training mode only; Miyato et al., ICLR 2018): cheap, but
-estimates. The certificate (:func:`trivial_bound`) always comes from sound bounds. For a linear
+estimates. The certificate (:func:`trivial_bound`) always comes from sound bounds. With
+``grouped=True`` the power steps of same-shape layers run as one vmapped step per group
+(:func:`liplax.grouped.grouped_log_bound`): the same value, state updates and gradient. For a linear
 network min over factorizations of Π‖W_l‖ is ‖W_L⋯W_1‖: the looseness of the trivial bound is a
 parameterization pathology that the penalty removes.
 """
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from liplax.grouped import grouped_log_bound
 from liplax.guarantee import Bound
 from liplax.nn._base import check_p
 from liplax.nn.containers import _children, _name, bound_of, log_bound_of, output_shape_of
@@ -86,6 +89,7 @@ def trivial_bound_penalty(
     kind: str = "log",
     target: float | None = None,
     fast: bool = True,
+    grouped: bool = False,
 ) -> jax.Array:
     """Differentiable trivial-bound penalty (see the module docstring); a scalar.
 
@@ -95,6 +99,10 @@ def trivial_bound_penalty(
       target: the hinge's threshold (required, > 0, for ``"hinge"``; refused otherwise).
       fast: use the layers' fast values (warm power iteration for ℓ2, moving the state in
         training mode) instead of the certified bounds.
+      grouped: with ``fast=True``, run the power steps of layers with the same kernel shape
+        (and, for convolutions, input size, stride and padding) as one ``jax.vmap``-ed step per
+        group (:func:`liplax.grouped.grouped_log_bound`); same value, state updates and
+        gradient as ``grouped=False``, fewer operations per training step.
     """
     check_p(p, "trivial_bound_penalty")
     if kind not in PENALTY_KINDS:
@@ -111,7 +119,15 @@ def trivial_bound_penalty(
             f"trivial_bound_penalty: target is only used by kind='hinge', got target={target!r} "
             f"with kind={kind!r}"
         )
-    log_value, _ = log_bound_of(model, input_shape, p=p, fast=fast)
+    if grouped and not fast:
+        raise ValueError(
+            "trivial_bound_penalty: grouped=True groups the power steps of the fast path and "
+            f"needs fast=True, got fast={fast!r}"
+        )
+    if grouped:
+        log_value, _ = grouped_log_bound(model, input_shape, p=p)
+    else:
+        log_value, _ = log_bound_of(model, input_shape, p=p, fast=fast)
     if kind == "log":
         return log_value
     if kind == "product":
@@ -141,6 +157,7 @@ def layer_bounds(model, input_shape: Sequence[int], *, p=2) -> list[tuple[str, B
 
 __all__ = [
     "PENALTY_KINDS",
+    "grouped_log_bound",
     "layer_bounds",
     "log_trivial_bound",
     "to_plain",

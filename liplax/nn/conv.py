@@ -149,6 +149,10 @@ class ConvBase(LipschitzModule):
         return self.effective_kernel()
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.apply_kernel(x, self._forward_kernel())
+
+    def apply_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """x ↦ kernel ⋆ x (+ bias): the layer with a given HWIO kernel; moves no state."""
         name = self.layer_name
         if x.ndim < 3 or x.shape[-1] != self.in_features:
             raise ValueError(
@@ -157,7 +161,7 @@ class ConvBase(LipschitzModule):
             )
         lead = x.shape[:-3]
         x4 = x.reshape(-1, *x.shape[-3:])
-        y = conv_ops.apply(self._forward_kernel(), x4, strides=self.strides, padding=self.padding)
+        y = conv_ops.apply(kernel, x4, strides=self.strides, padding=self.padding)
         if self.bias is not None:
             y = y + self.bias[...]
         return y.reshape(*lead, *y.shape[1:])

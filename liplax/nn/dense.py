@@ -144,8 +144,12 @@ class DenseBase(LipschitzModule):
         return self.lipschitz_bound(input_shape, p=p)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.apply_kernel(x, self._forward_kernel())
+
+    def apply_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """x ↦ x @ kernel (+ bias): the layer with a given (in, out) matrix; moves no state."""
         check_features(x, self.in_features, self.layer_name)
-        y = x @ self._forward_kernel()
+        y = x @ kernel
         if self.bias is not None:
             y = y + self.bias[...]
         return y

@@ -1,0 +1,437 @@
+r"""The ``liplax sweep`` command: operator norms of many kernels from files, as a JSON/CSV table.
+
+Inputs (any number, mixed):
+
+- ``.npy``: one array; rank 2 is one dense kernel ``(in, out)`` (the map x ↦ x @ w), rank 4 one
+  HWIO conv kernel ``(kh, kw, in, out)``; rank 3 / rank 5 are stacks of those (leading batch);
+- ``.npz``: every array of rank 2–5 read as above (the others are skipped, with a note);
+- a directory: every orbax pytree checkpoint below it (each folder holding a ``_METADATA``
+  file, e.g. ``<step>/<item>`` of a ``CheckpointManager``); every array leaf of rank 2 (dense)
+  or rank 4 (conv HWIO) is swept, named by its folder and key path (``--match`` keeps only the
+  names containing a string, e.g. ``kernel``, leaving out optimizer moments).
+
+Kernels of one shape are stacked and swept with :func:`liplax.sweep.sweep` (one vmapped call per
+block of ``--chunk-size`` kernels, progress on stderr). ``--op`` picks the operator:
+
+========  ==================================  =====================================  ==========
+``--op``  dense ``(in, out)``                 conv (``--input-size H W`` required)   guarantee
+========  ==================================  =====================================  ==========
+exact     ``linalg.spectral_norm`` (SVD)      ``conv.exact_spectral_norm``           exact
+                                              (``--padding CIRCULAR`` only)
+gram      ``linalg.gram_bound``               ``conv.gram_bound``                    upper
+power     ``linalg.power_iteration``          ``conv.power_iteration``               estimate
+inf       ``linalg.norm_inf``                 ``conv.norm_inf``                      exact/upper
+one       ``linalg.norm_1``                   ``conv.norm_1``                        exact/upper
+========  ==================================  =====================================  ==========
+
+The table (``--out table.json`` or ``table.csv``, by suffix; JSON on stdout without ``--out``)
+has one row per kernel: source, name, index in its stack, shape, layer type, op, guarantee,
+value. Exit codes: 0 on success, 2 on bad input (a missing file, no usable array, bad options),
+with a message naming the file or option on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from liplax import conv, linalg
+from liplax.sweep import sweep
+
+OPS = ("exact", "gram", "power", "inf", "one")
+DENSE_OPS = {
+    "exact": (linalg.spectral_norm, "exact"),
+    "gram": (linalg.gram_bound, "upper"),
+    "power": (linalg.power_iteration, "estimate"),
+    "inf": (linalg.norm_inf, "exact"),
+    "one": (linalg.norm_1, "exact"),
+}
+CONV_OPS = {
+    "exact": (conv.exact_spectral_norm, "exact"),
+    "gram": (conv.gram_bound, "upper"),
+    "power": (conv.power_iteration, "estimate"),
+    "inf": (conv.norm_inf, "upper"),
+    "one": (conv.norm_1, "upper"),
+}
+COLUMNS = ("source", "name", "index", "shape", "layer", "op", "guarantee", "value")
+
+
+class SweepInputError(ValueError):
+    """Bad input to ``liplax sweep``: reported on stderr with exit code 2."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Kernels from one array: ``stacked`` (B, …) with B kernels of one shape."""
+
+    source: str
+    name: str
+    stacked: np.ndarray
+    was_stacked: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Reading kernels.
+# --------------------------------------------------------------------------------------------
+
+
+def _as_entry(source: str, name: str, arr: np.ndarray, ranks: tuple[int, ...]) -> Entry | None:
+    if arr.ndim not in ranks or not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return None
+    if arr.ndim in (2, 4):
+        return Entry(source, name, arr[None], False)
+    return Entry(source, name, arr, True)
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    """Folders below ``root`` (inclusive) holding an orbax pytree item (a ``_METADATA`` file)."""
+    found = [p.parent for p in root.rglob("_METADATA")]
+
+    def natural(p: Path):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p.relative_to(root)))]
+
+    return sorted(set(found), key=natural)
+
+
+def _key_name(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+    return "/".join(parts)
+
+
+def _read_checkpoints(root: Path, note) -> list[Entry]:
+    import orbax.checkpoint as ocp  # a dependency of liplax; imported only when needed
+
+    dirs = _checkpoint_dirs(root)
+    if not dirs:
+        raise SweepInputError(
+            f"{root}: a directory must hold orbax pytree checkpoints (folders with a _METADATA "
+            "file, e.g. <step>/<item> of a CheckpointManager); found none"
+        )
+    entries = []
+    for d in dirs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # orbax warns when restoring without a target
+            tree = ocp.PyTreeCheckpointer().restore(d.resolve())
+        rel = d.relative_to(root).as_posix()
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            arr = np.asarray(leaf) if hasattr(leaf, "shape") else None
+            if arr is None:
+                continue
+            name = "/".join(s for s in (rel if rel != "." else "", _key_name(path)) if s)
+            entry = _as_entry(str(root), name, arr, (2, 4))
+            if entry is not None:
+                entries.append(entry)
+    note(f"{root}: {len(dirs)} checkpoint item(s), {len(entries)} kernel(s) of rank 2 or 4")
+    return entries
+
+
+def read_inputs(paths, note) -> list[Entry]:
+    """All kernels of ``paths`` (see the module docstring); SweepInputError naming a bad file."""
+    entries: list[Entry] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise SweepInputError(f"{raw}: no such file or directory")
+        try:
+            found = _read_one(path, raw, note)
+        except (OSError, ValueError) as err:
+            if isinstance(err, SweepInputError):
+                raise
+            raise SweepInputError(f"{raw}: cannot be read ({type(err).__name__}: {err})") from err
+        if not found:
+            raise SweepInputError(
+                f"{raw}: holds no float array of usable rank (2: dense (in, out); 4: conv HWIO; "
+                "3 or 5: a stack of those in .npy/.npz)"
+            )
+        entries.extend(found)
+    return entries
+
+
+def _read_one(path: Path, raw: str, note) -> list[Entry]:
+    """The kernels of one input path (a .npy/.npz file or a checkpoint directory)."""
+    if path.is_dir():
+        return _read_checkpoints(path, note)
+    if path.suffix == ".npy":
+        entry = _as_entry(str(path), path.stem, np.load(path, allow_pickle=False), (2, 3, 4, 5))
+        return [] if entry is None else [entry]
+    if path.suffix != ".npz":
+        raise SweepInputError(
+            f"{raw}: expected a .npy or .npz file or an orbax checkpoint directory"
+        )
+    found = []
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            entry = _as_entry(str(path), key, z[key], (2, 3, 4, 5))
+            if entry is None:
+                note(f"{path}: skipping {key!r} (shape {z[key].shape}, {z[key].dtype}): "
+                     "not a float array of rank 2-5")
+            else:
+                found.append(entry)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The operators.
+# --------------------------------------------------------------------------------------------
+
+
+def _padding(text: str):
+    if text.upper() in ("SAME", "VALID", "CIRCULAR"):
+        return text.upper()
+    try:
+        return int(text)
+    except ValueError:
+        raise SweepInputError(
+            f"--padding must be SAME, VALID, CIRCULAR or an int, got {text!r}"
+        ) from None
+
+
+def operator(args, kernel_shape: tuple[int, ...]):
+    """(fn of one kernel → value, layer, guarantee) for ``--op`` on kernels of this shape."""
+    key = jax.random.key(args.seed)
+    if len(kernel_shape) == 2:
+        fn, kind = DENSE_OPS[args.op]
+        if args.op == "gram":
+            return partial(fn, num_iters=args.iters or 6), "dense", kind
+        if args.op == "power":
+            return _First(partial(fn, key=key, num_iters=args.iters or 50)), "dense", kind
+        return fn, "dense", kind
+    if args.input_size is None:
+        raise SweepInputError(
+            f"conv kernels (HWIO, shape {kernel_shape}) need --input-size H W (the norm of a "
+            "convolution depends on the input size)"
+        )
+    hw, padding = tuple(args.input_size), _padding(args.padding)
+    st = tuple(args.stride) if len(args.stride) == 2 else (args.stride[0],) * 2
+    fn, kind = CONV_OPS[args.op]
+    if args.op == "exact":
+        if padding != "CIRCULAR":
+            raise SweepInputError(
+                f"--op exact is the exact norm of a circular convolution: use --padding "
+                f"CIRCULAR, or --op gram for an upper bound with padding {args.padding!r}"
+            )
+        return partial(fn, input_shape=hw, strides=st), "conv", kind
+    kw = {"input_shape": hw, "strides": st, "padding": padding}
+    if args.op == "gram":
+        kw["num_iters"] = args.iters or 6
+    if args.op == "power":
+        return _First(partial(fn, key=key, num_iters=args.iters or 50, **kw)), "conv", kind
+    return partial(fn, **kw), "conv", kind
+
+
+@dataclass(frozen=True)
+class _First:
+    """The first output of a function returning a tuple (power iteration: (σ̂, vector))."""
+
+    fn: object
+
+    def __call__(self, x):
+        return self.fn(x)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Progress, the sweep, the table.
+# --------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm on stderr if installed, else one plain line per block."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.done, self.quiet, self.bar = total, 0, quiet, None
+        if quiet:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, unit="kernel", file=sys.stderr, desc="liplax sweep")
+
+    def update(self, n: int, what: str) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.set_postfix_str(what)
+            self.bar.update(n)
+        elif not self.quiet:
+            print(f"liplax sweep: {self.done}/{self.total} kernels ({what})", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: str) -> np.ndarray:
+    """fn over every kernel, one :func:`sweep` call per block of ``block`` kernels (the last
+    block padded with copies of its last kernel, so every block has one shape and compiles
+    once); progress after each block."""
+    total = kernels.shape[0]
+    block = total if block is None else min(block, total)
+    out = []
+    for start in range(0, total, block):
+        part = kernels[start : start + block]
+        n = part.shape[0]
+        if n < block:
+            part = np.concatenate([part, np.repeat(part[-1:], block - n, axis=0)])
+        values = np.asarray(sweep(fn, jnp.asarray(part)))[:n]
+        out.append(values)
+        progress.update(n, what)
+    return np.concatenate(out)
+
+
+def sweep_entries(entries: list[Entry], args, progress) -> list[dict]:
+    """Rows of the table, in input order (kernels of one shape swept together)."""
+    flat = [(e, i) for e in entries for i in range(e.stacked.shape[0])]
+    by_shape: dict[tuple, list[int]] = {}
+    for j, (e, _) in enumerate(flat):
+        by_shape.setdefault(e.stacked.shape[1:], []).append(j)
+    values: list[float] = [math.nan] * len(flat)
+    kinds: list[tuple[str, str]] = [("", "")] * len(flat)
+    for shape, idx in by_shape.items():
+        fn, layer, guarantee = operator(args, shape)
+        dtype = np.result_type(*[flat[j][0].stacked.dtype for j in idx], np.float32)
+        stack = np.stack([flat[j][0].stacked[flat[j][1]] for j in idx]).astype(dtype)
+        what = "x".join(map(str, shape))
+        got = _sweep_blocks(fn, stack, args.chunk_size, progress, what)
+        for j, v in zip(idx, got, strict=True):
+            values[j], kinds[j] = float(v), (layer, guarantee)
+    rows = []
+    for j, (e, i) in enumerate(flat):
+        rows.append({
+            "source": e.source,
+            "name": e.name,
+            "index": i if e.was_stacked else None,
+            "shape": list(e.stacked.shape[1:]),
+            "layer": kinds[j][0],
+            "op": args.op,
+            "guarantee": kinds[j][1],
+            "value": values[j],
+        })
+    return rows
+
+
+def _settings(args) -> dict:
+    return {
+        "op": args.op,
+        "input_size": list(args.input_size) if args.input_size else None,
+        "padding": args.padding.upper() if args.padding.isalpha() else args.padding,
+        "stride": list(args.stride),
+        "iters": args.iters,
+        "chunk_size": args.chunk_size,
+        "seed": args.seed,
+        "match": args.match,
+    }
+
+
+def write_table(rows: list[dict], args) -> None:
+    out = args.out
+    if out is None:
+        json.dump({"settings": _settings(args), "rows": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".json":
+        out.write_text(json.dumps({"settings": _settings(args), "rows": rows}, indent=2) + "\n")
+        return
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "shape": "x".join(map(str, row["shape"])),
+                             "index": "" if row["index"] is None else row["index"],
+                             "value": repr(row["value"])})
+
+
+# --------------------------------------------------------------------------------------------
+# argparse.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_args(args) -> None:
+    if args.out is not None and Path(args.out).suffix not in (".json", ".csv"):
+        raise SweepInputError(f"--out must end in .json or .csv, got {args.out!r}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise SweepInputError(f"--chunk-size must be a positive int, got {args.chunk_size}")
+    if args.iters is not None and args.iters < 1:
+        raise SweepInputError(f"--iters must be a positive int, got {args.iters}")
+    if len(args.stride) not in (1, 2) or min(args.stride) < 1:
+        raise SweepInputError(f"--stride must be one or two positive ints, got {args.stride}")
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise SweepInputError(f"--input-size must be two positive ints, got {args.input_size}")
+
+
+def add_parser(subparsers) -> None:
+    """Register ``sweep`` on an ``argparse`` subparsers object (``set_defaults(func=run)``)."""
+    p = subparsers.add_parser(
+        "sweep",
+        help="operator norms of many kernels (.npy, .npz, orbax checkpoints) as a JSON/CSV table",
+        description="Operator norms of many kernels from .npy/.npz files or orbax checkpoints, "
+                    "swept in vmapped blocks, written as a JSON or CSV table.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="PATH",
+                   help=".npy / .npz files or orbax checkpoint directories")
+    p.add_argument("--op", choices=OPS, default="gram",
+                   help="exact (SVD / circular FFT), gram (upper bound, default), power "
+                        "(estimate), inf or one (induced l_inf / l_1 norms)")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="input size of conv kernels (required for rank-4 kernels)")
+    p.add_argument("--padding", default="SAME",
+                   help="conv padding: SAME (default), VALID, CIRCULAR or an int")
+    p.add_argument("--stride", nargs="+", type=int, default=[1], metavar="S",
+                   help="conv stride: one int or two (default 1)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="Gram steps (default 6) or power-iteration steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the power iteration start")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="kernels per vmapped call (bounds peak memory; progress per chunk)")
+    p.add_argument("--match", default=None,
+                   help="keep only kernels whose name contains this string (e.g. kernel)")
+    p.add_argument("--out", default=None, metavar="TABLE",
+                   help="table.json or table.csv (format from the suffix); JSON on stdout if unset")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run ``liplax sweep``; returns the exit code (2 on bad input, message on stderr)."""
+    def note(msg: str) -> None:
+        if not args.quiet:
+            print(f"liplax sweep: {msg}", file=sys.stderr)
+
+    try:
+        _check_args(args)
+        entries = read_inputs(args.inputs, note)
+        if args.match is not None:
+            entries = [e for e in entries if args.match in e.name]
+            if not entries:
+                raise SweepInputError(f"--match {args.match!r}: no kernel name contains it")
+        total = sum(e.stacked.shape[0] for e in entries)
+        progress = _Progress(total, args.quiet)
+        try:
+            rows = sweep_entries(entries, args, progress)
+        finally:
+            progress.close()
+        write_table(rows, args)
+    except ValueError as err:  # SweepInputError, or an operator refusing a kernel/size/padding
+        print(f"liplax sweep: error: {err}", file=sys.stderr)
+        return 2
+    note(f"{total} kernel(s) swept" + (f", table written to {args.out}" if args.out else ""))
+    return 0
+
+
+__all__ = ["add_parser", "read_inputs", "run"]
