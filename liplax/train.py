@@ -185,7 +185,8 @@ def _make_chunk(run: Run, n_train: int, mesh: Mesh | None):
             else:
                 target = config.penalty_target if config.penalty == "hinge" else None
                 pen = bounds.trivial_bound_penalty(
-                    model, shape, p=config.p, kind=config.penalty, target=target
+                    model, shape, p=config.p, kind=config.penalty, target=target,
+                    grouped=config.grouped,
                 )
             rest = nnx.split(model, nnx.Param, ...)[2]
             acc = jnp.mean(jnp.argmax(logits, -1) == y)

@@ -191,3 +191,18 @@ def test_interrupted_write_leaves_no_step_behind(tmp_path, finished, digits):
     assert checkpoint.CheckpointStore(out).steps() == [10]
     train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
     assert_same_state(final_state(out), final_state(out_a))
+
+
+def test_grouped_penalty_trains_the_same_parameters(digits):
+    # grouped=True batches the power steps of same-shape layers: the same semantics, so the
+    # same training trajectory up to float reassociation.
+    states = []
+    for grouped in (False, True):
+        config = tiny_config("model=cnn", "widths=4,4", f"grouped={grouped}")
+        run = train.init_run(config, digits.input_shape, 10)
+        chunk = train._make_chunk(run, len(digits.y_train), None)
+        state, metrics = chunk(run.state, jnp.asarray(digits.x_train),
+                               jnp.asarray(digits.y_train), 5)
+        assert math.isfinite(metrics["penalty"])
+        states.append(train.state_to_flat(state))
+    assert_same_state(*states, rtol=1e-5)
