@@ -39,6 +39,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from liplax.bounds import _static_shape
+from liplax.certify import local_norm_ascent
+from liplax.guarantee import Bound
 from liplax.nn._base import check_p
 from liplax.nn.containers import _children, _name, bound_of, output_shape_of
 
@@ -231,15 +233,19 @@ def sweep(
 # --------------------------------------------------------------------------------------------
 
 
-def _model_bounds(graphdef, input_shape: tuple, p, state) -> dict:
-    """The trivial bound and the per-layer bounds of one model given by its state."""
+def _model_bounds(graphdef, input_shape: tuple, p, starts, lower_steps, state) -> dict:
+    """Trivial and per-layer bounds (and a lower bound) of one model given by its state."""
     model = nnx.merge(graphdef, state)
     kids = _children(model)
     layers, shape = [], input_shape
     for layer in kids if kids is not None else [model]:
         layers.append(bound_of(layer, shape, p=p))
         shape = output_shape_of(layer, shape)
-    return {"trivial": bound_of(model, input_shape, p=p), "layers": layers}
+    out = {"trivial": bound_of(model, input_shape, p=p), "layers": layers}
+    if starts is not None:
+        found = local_norm_ascent(lambda x: model(x[None])[0], starts, p=p, steps=lower_steps)
+        out["lower"] = found.value
+    return out
 
 
 def model_sweep(
@@ -249,8 +255,10 @@ def model_sweep(
     p=2,
     chunk_size: int | None = None,
     mesh: Mesh | None = None,
+    xs=None,
+    lower_steps: int = 100,
 ) -> dict:
-    r"""Trivial bound Π_l Lip(f_l) and per-layer bounds of many models of one architecture.
+    r"""Trivial bound, per-layer bounds and lower bounds of many models of one architecture.
 
     The models (e.g. checkpoints of one training run) are split with ``nnx.split``, their states
     stacked along a leading axis and swept with :func:`sweep`, so the bounds of all models are
@@ -259,8 +267,10 @@ def model_sweep(
     ``liplax.bounds.layer_bounds(models[i], ...)``.
 
     Guarantee: each :class:`~liplax.guarantee.Bound` keeps its kind (``upper`` when every factor
-    is ``exact``/``upper``, else ``estimate``; DESIGN.md §3). Empirical lower bounds
-    (:mod:`liplax.certify`, which needs data points) are not swept here yet.
+    is ``exact``/``upper``, else ``estimate``; DESIGN.md §3). With data points ``xs``, each
+    model's lower bound is :func:`liplax.certify.local_norm_ascent` started at the origin and at
+    ``xs`` (the largest local Jacobian norm found, attained: an ``estimate`` from below), and
+    ``tightness`` = trivial / lower.
 
     Args:
       models: a non-empty list or tuple of Flax NNX models with the same graph (same layers,
@@ -268,8 +278,12 @@ def model_sweep(
       input_shape: the per-example input shape (no batch axis), static.
       p: the norm (1, 2 or ``math.inf``), as :func:`liplax.bounds.trivial_bound`.
       chunk_size, mesh: as :func:`sweep`.
+      xs: optional ``(r, *input_shape)`` starting points of the lower-bound ascent (a few data
+        points; the origin is added).
+      lower_steps: Adam steps of that ascent (static).
     Returns:
-      ``{"trivial": Bound(values (M,), kind), "layers": [(name, Bound(values (M,), kind)), …]}``.
+      ``{"trivial": Bound(values (M,), kind), "layers": [(name, Bound(values (M,), kind)), …]}``
+      and, with ``xs``, ``"lower": Bound(values (M,), "estimate")`` and ``"tightness"`` (M,).
     """
     if not isinstance(models, list | tuple) or not models:
         raise ValueError(
@@ -289,9 +303,21 @@ def model_sweep(
                 f"models[{i}] does not have the architecture of models[0] (different nnx graph): "
                 "model_sweep needs models of one architecture"
             )
-    states = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[s for _, s in splits])
-    out = sweep(partial(_model_bounds, graphdef, shape, p), states, chunk_size=chunk_size,
-                mesh=mesh)
+    starts = None
+    if xs is not None:
+        xs = jnp.asarray(xs)
+        if xs.ndim != len(shape) + 1 or tuple(xs.shape[1:]) != shape or xs.shape[0] < 1:
+            raise ValueError(
+                f"xs must be a batch of inputs of shape (r, *{shape}), got {tuple(xs.shape)}"
+            )
+        starts = jnp.concatenate([jnp.zeros_like(xs[:1]), xs], axis=0)
+    states = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[s for _, s in splits])
+    out = sweep(partial(_model_bounds, graphdef, shape, p, starts, lower_steps), states,
+                chunk_size=chunk_size, mesh=mesh)
     kids = _children(models[0])
     names = [_name(models[0])] if kids is None else [_name(layer) for layer in kids]
-    return {"trivial": out["trivial"], "layers": list(zip(names, out["layers"], strict=True))}
+    result = {"trivial": out["trivial"], "layers": list(zip(names, out["layers"], strict=True))}
+    if starts is not None:
+        result["lower"] = Bound(out["lower"], "estimate")
+        result["tightness"] = out["trivial"].value / out["lower"]
+    return result

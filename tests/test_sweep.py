@@ -296,6 +296,28 @@ def test_model_sweep_equals_per_model_bounds(chunk_size):
         np.testing.assert_allclose(float(out["trivial"].value[i]), prod, rtol=1e-5)
 
 
+def test_model_sweep_lower_bounds_are_the_single_ascents_and_below_the_truth():
+    # Linear models (Dense·Dense): the Lipschitz constant is ‖W1 W2‖₂ exactly, attained
+    # everywhere, so the swept lower bound must equal it and the per-model local_norm_ascent.
+    from liplax.certify import local_norm_ascent
+
+    models = [ln.Sequential(ln.Dense(5, 6, rngs=nnx.Rngs(s)), ln.Dense(6, 3, rngs=nnx.Rngs(s + 9)))
+              for s in range(3)]
+    xs = jax.random.normal(jax.random.key(0), (4, 5))
+    out = model_sweep(models, (5,), xs=xs, lower_steps=5)
+    assert out["lower"].kind == "estimate"
+    for i, m in enumerate(models):
+        w1, w2 = (np.asarray(layer.kernel[...], np.float64) for layer in m.layers)
+        truth = np.linalg.norm(w1 @ w2, 2)
+        assert float(out["lower"].value[i]) == pytest.approx(truth, rel=1e-5)
+        single = local_norm_ascent(lambda x, m=m: m(x[None])[0],
+                                   jnp.concatenate([jnp.zeros((1, 5)), xs]), steps=5)
+        assert float(out["lower"].value[i]) == pytest.approx(float(single.value), rel=1e-5)
+        assert float(out["tightness"][i]) >= 1 - 1e-5
+    with pytest.raises(ValueError, match="xs must be a batch"):
+        model_sweep(models, (5,), xs=jnp.ones((4, 6)))
+
+
 def test_model_sweep_bad_models():
     with pytest.raises(ValueError, match="models must be a non-empty list"):
         model_sweep([], (5,))
