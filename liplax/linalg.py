@@ -113,10 +113,10 @@ def gram_iteration(g: jax.Array, num_iters: int) -> jax.Array:
     its rounding margin :func:`gram_finish`; callers that screen many matrices can stop after a
     few steps, keep some of them and continue.
 
-    Rounding: the computed product of the normalized G̃ differs from G̃ᴴG̃ by at most
-    g_k‖G̃‖_F² in spectral norm, k the inner dimension: g_k = γ_{k+2} for real matrices (Higham,
-    *Accuracy and Stability*, §3.5; +2 for the normalization) and √10·γ_{k+6} for complex ones
-    (see :func:`gram_steps`). By Weyl σ₁ shrinks by at most a factor (1 − g_kR_t) per step,
+    Rounding: the computed normalized product differs from (G/a)ᴴ(G/a) by at most
+    g_k‖G/a‖_F² in spectral norm, k the inner dimension: g_k = γ_{k+2} for real matrices (Higham,
+    *Accuracy and Stability*, §3.5; the product, then the division) and √10·γ_{k+6} for complex
+    ones (see :func:`gram_steps`). By Weyl σ₁ shrinks by at most a factor (1 − g_kR_t) per step,
     R_t = ‖G_t‖_F²/σ₁(G_t)² ≤ n. R_t is bounded a posteriori from the recorded norms:
     σ₁(G_t) ≥ (‖G_T‖_F/√n)^{2^{t-T}}. The returned bound is multiplied by
     Π_t (1 − g_{k_t}R_t)^{-2^{-(t+1)}} and by a factor covering the final Frobenius norm and the
@@ -170,35 +170,40 @@ def _safe(a: jax.Array) -> jax.Array:
 def _normalized_gram(re: jax.Array, im: jax.Array | None):
     """((G/a)ᴴ(G/a) as a pair, a = ‖G‖_F) for G = re + i·im of shape (..., k, n).
 
+    The products use G itself (entries of order one: callers pass scaled or normalized
+    matrices) and the division by a² comes last, fused with the combination of the products.
     A complex product costs two real ones, with Y = R + I and M = RᵀI:
     Re GᴴG = RᵀR + IᵀI = YᵀY − (M + Mᵀ) and Im GᴴG = RᵀI − IᵀR = M − Mᵀ.
     """
-    a = _frob(re, im)
-    d = _safe(a)[..., None, None]
-    re = re / d
+    ss = jnp.sum(re * re, axis=(-2, -1))
+    if im is not None:
+        ss = ss + jnp.sum(im * im, axis=(-2, -1))
+    pos = ss > 0
+    a = jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
+    d = _safe(ss)[..., None, None]
     if im is None:
-        return (_mm(jnp.swapaxes(re, -1, -2), re), None), a
-    im = im / d
+        return (_mm(jnp.swapaxes(re, -1, -2), re) / d, None), a
     y = re + im
     s = _mm(jnp.swapaxes(y, -1, -2), y)
     mm = _mm(jnp.swapaxes(re, -1, -2), im)
     mm_t = jnp.swapaxes(mm, -1, -2)
-    return (s - (mm + mm_t), mm - mm_t), a
+    return ((s - (mm + mm_t)) / d, (mm - mm_t) / d), a
 
 
 def gram_steps(state: GramState, steps: int) -> GramState:
     r"""``steps`` more steps G ← (G/a)ᴴ(G/a) of rescaled Gram iteration (static count).
 
     Complex matrices travel as real (re, im) pairs: XLA's CPU complex matmul is far slower than
-    real ones. With R, I the normalized parts and Y = R + I, a step costs two real products:
-    Re = YᵀY − (M + Mᵀ), Im = M − Mᵀ, M = RᵀI. Rounding (Higham §3.5, |fl(XZ) − XZ| ≤
-    γ_k|X||Z|, and ‖|X||Z|‖_F ≤ ‖X‖_F‖Z‖_F): the computed Y differs from R + I by u|R + I|, so
-    fl(YᵀY) errs by ≤ γ_{k+2}‖R + I‖_F² ≤ 2γ_{k+2}‖G̃‖_F²; M + Mᵀ by ≤ 2γ_k‖R‖_F‖I‖_F ≤
-    γ_k‖G̃‖_F²; the three additions by ≤ 4u(1 + γ_{k+2})‖G̃‖_F². So the real part errs by
-    ≤ 3γ_{k+4}‖G̃‖_F², the imaginary part by ≤ γ_{k+1}‖G̃‖_F², and the whole by
-    ≤ √10·γ_{k+4}‖G̃‖_F² in spectral norm (≤ Frobenius). The division by a costs u|G/a| per
-    entry, so σ₁(G̃)² ≥ σ₁(G/a)²(1 − 2u√R_t) and ‖G̃‖_F² ≤ (1 + u)²‖G/a‖_F²: the loss per step
-    relative to σ₁(G/a)² is at most √10·γ_{k+6}·R_t, the constant :func:`gram_finish` uses.
+    real ones. With G = R + iI and Y = R + I, a step costs two real products:
+    Re = YᵀY − (M + Mᵀ), Im = M − Mᵀ, M = RᵀI, then a division of both by a² = ‖G‖_F².
+    Rounding (Higham §3.5: |fl(XZ) − XZ| ≤ γ_k|X||Z|, and ‖|X||Z|‖_F ≤ ‖X‖_F‖Z‖_F): the computed
+    Y differs from R + I by u|R + I|, so fl(YᵀY) errs by ≤ γ_{k+2}‖R + I‖_F² ≤ 2γ_{k+2}‖G‖_F²;
+    M + Mᵀ by ≤ 2γ_k‖R‖_F‖I‖_F ≤ γ_k‖G‖_F²; the three additions by ≤ 4u(1 + γ_{k+2})‖G‖_F². So
+    the real part errs by ≤ 3γ_{k+4}‖G‖_F², the imaginary part by ≤ γ_{k+1}‖G‖_F², the whole
+    by ≤ √10·γ_{k+4}‖G‖_F² in spectral norm (≤ Frobenius), and the division adds u per entry,
+    ≤ u(1 + √10·γ_{k+4})‖G‖_F². Relative to σ₁(G)² = ‖G‖_F²/R_t, the loss of a step is at most
+    √10·γ_{k+6}·R_t, the constant :func:`gram_finish` uses (γ_{k+2}·R_t for real matrices:
+    γ_k from the product, u from the division).
     """
     steps = _checks.num_iters(steps, "steps")
     if steps == 0:
@@ -226,7 +231,7 @@ def gram_finish(state: GramState, m: int) -> jax.Array:
     logs = jnp.concatenate([state.logs, jnp.log(_safe(final))[None]], axis=0)
     weights = jnp.asarray([2.0**-t for t in range(num_iters + 1)], real_dtype)
     log_bound = jnp.tensordot(weights, logs, axes=(0, 0))
-    # A zero input stays zero; a non-zero one cannot reach zero: ‖G̃ᴴG̃‖_F ≥ σ₁(G̃)² ≥ 1/n.
+    # A zero input stays zero; a non-zero one cannot reach zero: ‖(G/a)ᴴ(G/a)‖_F ≥ 1/n.
     nonzero = final > 0
     bound = jnp.where(nonzero, jnp.exp(jnp.where(nonzero, log_bound, 0.0)), 0.0)
     is_complex = state.im is not None
