@@ -16,8 +16,9 @@ with kernel k'[a, b, (i, j, c), o] = k[s_h a + i, s_w b + j, c, o]; so it is exa
 A zero-padded convolution is a submatrix of a circular one on a larger input (see
 :func:`circular_size`), so the circular norm bounds it from above.
 
-K̂ is computed by direct separable summation over the taps (not an FFT): its rounding error is
-then at most 2γ_{kh+kw+4}·Σ_{p,q}|k[p,q,i,o]| per entry, which the upper bounds add in full.
+K̂ is computed by direct summation over the taps (not an FFT), as two real matrix products: its
+rounding error is at most √2(γ_{kh·kw+1} + 2^{-47})·Σ_{p,q}|k[p,q,i,o]| per entry, which the upper
+bounds add in full. Only one frequency of each conjugate pair is formed.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from jax import lax
 from liplax import _checks
 from liplax.guarantee import gamma, guarantee, unit_roundoff
 from liplax.linalg import (
+    GramState,
     flush_slack,
+    gram_finish,
     gram_iteration,
+    gram_start,
+    gram_steps,
     init_vector,
     pow2_scale,
     power_iteration_op,
@@ -155,32 +160,72 @@ def polyphase_kernel(kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
     return k.reshape(ah, aw, sh * sw * cin, cout)
 
 
-def _twiddles(taps: int, n: int, num_freq: int, dtype) -> jax.Array:
-    """F[p, u] = exp(2πi·(p·u mod n)/n), from exact integer phases, in ``dtype``."""
-    phase = (np.arange(taps)[:, None] * np.arange(num_freq)[None, :]) % n
-    return jnp.asarray(np.exp(2j * np.pi * phase / n), dtype)
+def unique_frequencies(n_hw: tuple[int, int]) -> np.ndarray:
+    """(F, 2) integer frequencies (u, v) that hold every singular value, one per conjugate pair.
+
+    K̂(−u, −v) = conj K̂(u, v) has the same singular values, so v ∈ [0, N_w//2] suffices, and in
+    the self-conjugate columns v = 0 and v = N_w/2 (N_w even) also u ∈ [0, N_h//2].
+    """
+    nh, nw = n_hw
+    rows = []
+    for v in range(nw // 2 + 1):
+        self_conjugate = (2 * v) % nw == 0
+        us = range(nh // 2 + 1) if self_conjugate else range(nh)
+        rows.extend((u, v) for u in us)
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+_TWIDDLE_ERR = 2.0**-48
+"""Absolute error bound of a float64 twiddle component cos/sin(2π·j/N) before the cast: the
+angle carries ≤ 3 float64 roundings (≤ 19·2⁻⁵³ absolute) and libm's cos/sin < 1 ulp."""
+
+
+def _twiddles(kernel_hw: tuple[int, int], n_hw: tuple[int, int], dtype) -> tuple[jax.Array, ...]:
+    """cos and sin of 2π(p·u/N_h + q·v/N_w), shape (F, kh·kw), from exact integer phases."""
+    kh, kw = kernel_hw
+    nh, nw = n_hw
+    uv = unique_frequencies(n_hw)
+    p, q = np.arange(kh).repeat(kw), np.tile(np.arange(kw), kh)
+    num = ((uv[:, :1] * p[None] % nh) * nw + (uv[:, 1:] * q[None] % nw) * nh) % (nh * nw)
+    angle = 2.0 * np.pi * num / (nh * nw)
+    return jnp.asarray(np.cos(angle), dtype), jnp.asarray(np.sin(angle), dtype)
+
+
+def frequency_pair(kernel: jax.Array, n_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    r"""(Re K̂, Im K̂) at the frequencies of :func:`unique_frequencies`, arranged (F, m, n) with
+    m ≥ n: (F, in, out) when in ≥ out, else transposed (the Gram on the smaller side).
+
+    K̂(u, v) = Σ_{p,q} k[p, q] e^{2πi(pu/N_h + qv/N_w)}, summed directly over the kh·kw taps as
+    two real matrix products (no complex arithmetic; see :func:`_dft_error` for the rounding).
+    """
+    kh, kw, cin, cout = kernel.shape
+    k = kernel if cin >= cout else jnp.swapaxes(kernel, 2, 3)
+    m, n = k.shape[2:]
+    k = k.reshape(kh * kw, m * n)
+    cos, sin = _twiddles((kh, kw), n_hw, kernel.dtype)
+    re = jnp.matmul(cos, k, precision=_HI).reshape(-1, m, n)
+    im = jnp.matmul(sin, k, precision=_HI).reshape(-1, m, n)
+    return re, im
 
 
 def frequency_matrices(kernel: jax.Array, n_hw: tuple[int, int]) -> jax.Array:
-    """K̂(u, v) for u ∈ [0, N_h), v ∈ [0, N_w//2]: shape (N_h·(N_w//2+1), in, out), complex.
-
-    The half spectrum in v holds every singular value (conjugate symmetry).
-    """
-    kh, kw, cin, cout = kernel.shape
-    nh, nw = n_hw
-    cdtype = jnp.result_type(kernel.dtype, jnp.complex64)
-    fh = _twiddles(kh, nh, nh, cdtype)
-    fw = _twiddles(kw, nw, nw // 2 + 1, cdtype)
-    k = kernel.astype(cdtype)
-    t = jnp.einsum("pqio,qv->pvio", k, fw, precision=_HI)
-    m = jnp.einsum("pvio,pu->uvio", t, fh, precision=_HI)
-    return m.reshape(-1, cin, cout)
+    """K̂(u, v) at the frequencies of :func:`unique_frequencies`: shape (F, in, out), complex."""
+    re, im = frequency_pair(kernel, n_hw)
+    if kernel.shape[2] < kernel.shape[3]:
+        re, im = jnp.swapaxes(re, 1, 2), jnp.swapaxes(im, 1, 2)
+    return lax.complex(re, im)
 
 
 def _dft_error(kernel: jax.Array) -> jax.Array:
-    """Bound on ‖fl(K̂(u,v)) − K̂(u,v)‖₂ for every frequency: 2γ_{kh+kw+4}‖A‖_F, A = Σ_{p,q}|k|."""
+    """Bound on ‖fl(K̂(u,v)) − K̂(u,v)‖₂ at every frequency: √2(γ_{K+1} + 2ε)‖A‖_F, A = Σ_{p,q}|k|.
+
+    Each twiddle component is ŵ = w(1 + δ) + η, |δ| ≤ u (cast), |η| ≤ ε (:data:`_TWIDDLE_ERR`);
+    a real or imaginary part is a K = kh·kw term sum, so it errs by
+    ≤ γ_K Σ|k||ŵ| + Σ|k||ŵ − w| ≤ (γ_{K+1} + 2ε)Σ_{p,q}|k| (Higham §3.1); a complex entry by √2
+    times that, and the spectral norm by at most the Frobenius norm over (in, out).
+    """
     kh, kw = kernel.shape[:2]
-    g = 2.0 * gamma(kh + kw + 4, kernel.dtype, complex_=True)
+    g = math.sqrt(2.0) * (gamma(kh * kw + 1, kernel.dtype) + 2.0 * _TWIDDLE_ERR)
     a = jnp.sum(jnp.abs(kernel), axis=(0, 1))
     return lax.stop_gradient(g * jnp.sqrt(jnp.sum(a * a)))
 
@@ -211,54 +256,68 @@ def _circular_setup(kernel, hw, st, pads):
 # --------------------------------------------------------------------------------------------
 
 
-SCREEN = ((4, 160), (8, 32), (14, 4))
-"""Screening stages of :func:`exact_spectral_norm`: (Gram steps, frequencies kept) per stage."""
+SCREEN = ((4, 32), (2, 2))
+"""Screening stages of :func:`exact_spectral_norm`: (further Gram steps, frequencies kept)."""
+
+_CHUNK = 8
+"""Frequencies per SVD batch in the certification sweep of :func:`_top_sigma`."""
 
 
-def _top_sigma(mats: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""(max_f σ₁(M_f), argmax f) over a batch (F, m, n), with SVDs on few frequencies.
+def _sigma1(re: jax.Array, im: jax.Array) -> jax.Array:
+    """σ₁ of each complex matrix re + i·im in a small batch (B, m, n), one SVD at a time
+    (``lax.map``): jaxlib's batched CPU SVD costs far more than B single ones."""
+    return lax.map(lambda p: jnp.linalg.svd(lax.complex(*p), compute_uv=False)[0], (re, im))
+
+
+def _top_sigma(re: jax.Array, im: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""(max_f σ₁(M_f), argmax f) over a batch M = re + i·im of shape (F, m, n), m ≥ n.
 
     Rescaled Gram iteration gives a rounding-safe upper bound ub_f ≥ σ₁(M_f) per frequency at the
-    cost of batched matrix products. Each stage of :data:`SCREEN` keeps the frequencies with the
-    largest bounds (more Gram steps on fewer of them); the survivors get an SVD. Then, in order of
-    their first-stage bounds, chunks of frequencies get an SVD until no remaining bound exceeds the
-    best value found (usually no chunk at all). The result is the maximum over all frequencies,
-    exactly what a full SVD sweep returns, while batched SVD/eigh (slow on some backends: jaxlib's
-    CPU complex kernels take ~20 ms per 64×64 matrix) run on a handful of matrices. The loop is a
-    ``lax.while_loop``, so under ``vmap`` it runs only as many chunks as the hardest element needs.
+    cost of batched real matrix products. Each stage of :data:`SCREEN` runs a few more steps on
+    the frequencies still kept (continuing, not restarting, their iteration) and keeps those
+    with the largest bounds; the survivors get an SVD. Every frequency keeps the smallest bound
+    it was given. Then, in decreasing order of these bounds, chunks of frequencies get an SVD
+    until no remaining bound exceeds the best value found (usually no chunk at all). The result
+    is the maximum over all frequencies, exactly what a full SVD sweep returns, while SVDs
+    (jaxlib's CPU complex kernels are slow, and batched ones scale badly) run on a handful of
+    matrices. The loop is a ``lax.while_loop``, so under ``vmap`` it runs only as many chunks as
+    the hardest element needs.
     """
-    num_f = mats.shape[0]
-    if num_f == 1:
-        return jnp.linalg.svd(mats, compute_uv=False)[0, 0], jnp.zeros((), jnp.int32)
-    real = jnp.finfo(mats.dtype).dtype
-    first_iters = SCREEN[0][0]
-    ub_all = lax.stop_gradient(gram_iteration(mats, first_iters))
+    num_f, m = re.shape[0], re.shape[1]
+    if num_f <= SCREEN[-1][1]:
+        sig = _sigma1(re, im)
+        return jnp.max(sig), jnp.argmax(sig)
+    real = re.dtype
+    ub = jnp.full((num_f,), jnp.inf, real)
     idx = jnp.arange(num_f)
-    for iters, keep in SCREEN:
-        if idx.shape[0] <= keep:
-            continue
-        ub = ub_all if idx.shape[0] == num_f and iters == first_iters else lax.stop_gradient(
-            gram_iteration(mats[idx], iters)
-        )
-        idx = idx[lax.top_k(ub, keep)[1]]
-    sig = jnp.linalg.svd(mats[idx], compute_uv=False)[:, 0]
+    state = gram_start(re, im)
+    for steps, keep in SCREEN:
+        state = gram_steps(state, steps)
+        bound = gram_finish(state, m)
+        ub = ub.at[idx].min(bound)
+        if idx.shape[0] > keep:
+            top = lax.top_k(bound, keep)[1]
+            idx = idx[top]
+            state = GramState(state.re[top], state.im[top], state.logs[:, top])
+    sig = _sigma1(re[idx], im[idx])
     best, best_f = jnp.max(sig), idx[jnp.argmax(sig)]
+    ub = ub.at[idx].set(-1.0)  # known exactly now.
 
     # Certification sweep: every frequency whose bound exceeds `best` gets an SVD.
-    chunk = max(SCREEN[-1][1], 8)
-    n_chunks = -(-num_f // chunk)
-    order = jnp.argsort(-ub_all)
-    ub_sorted = jnp.concatenate([ub_all[order], jnp.full((n_chunks * chunk - num_f,), -1.0, real)])
-    order = jnp.concatenate([order, jnp.zeros((n_chunks * chunk - num_f,), order.dtype)])
+    n_chunks = -(-num_f // _CHUNK)
+    pad = n_chunks * _CHUNK - num_f
+    order = jnp.argsort(-ub)
+    ub_sorted = jnp.concatenate([ub[order], jnp.full((pad,), -1.0, real)])
+    order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
 
     def cond(c):
         j, best, _ = c
-        return (j < n_chunks) & (ub_sorted[jnp.minimum(j, n_chunks - 1) * chunk] > best)
+        return (j < n_chunks) & (ub_sorted[jnp.minimum(j, n_chunks - 1) * _CHUNK] > best)
 
     def body(c):
         j, best, best_f = c
-        ids = lax.dynamic_slice(order, (j * chunk,), (chunk,))
-        sig = jnp.linalg.svd(mats[ids], compute_uv=False)[:, 0]
+        ids = lax.dynamic_slice(order, (j * _CHUNK,), (_CHUNK,))
+        sig = _sigma1(re[ids], im[ids])
         better = jnp.max(sig) > best
         return (
             j + 1,
@@ -271,25 +330,21 @@ def _top_sigma(mats: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @jax.custom_jvp
-def _max_sigma(mats: jax.Array) -> jax.Array:
-    """max over a batch of matrices (F, m, n) of σ₁ (see :func:`_top_sigma`)."""
-    return _top_sigma(mats)[0]
+def _max_sigma(re: jax.Array, im: jax.Array) -> jax.Array:
+    """max over a batch of matrices re + i·im (F, m, n) of σ₁ (see :func:`_top_sigma`)."""
+    return _top_sigma(re, im)[0]
 
 
 @_max_sigma.defjvp
 def _max_sigma_jvp(primals, tangents):
-    (mats,), (dmats,) = primals, tangents
-    sigma, f = _top_sigma(mats)
-    u, _, vh = jnp.linalg.svd(mats[f], full_matrices=False)
+    (re, im), (dre, dim) = primals, tangents
+    sigma, f = _top_sigma(re, im)
+    u, _, vh = jnp.linalg.svd(lax.complex(re[f], im[f]), full_matrices=False)
     u1, v1 = u[:, 0], jnp.conj(vh[0])
     # dσ₁ = Re(u₁ᴴ dM v₁) at the frequency attaining the maximum (a subgradient at ties).
-    dsigma = jnp.real(jnp.vdot(u1, jnp.matmul(dmats[f], v1, precision=_HI)))
+    dm = lax.complex(dre[f], dim[f])
+    dsigma = jnp.real(jnp.vdot(u1, jnp.matmul(dm, v1, precision=_HI)))
     return sigma, dsigma
-
-
-def _side(mats: jax.Array) -> jax.Array:
-    """Arrange (…, in, out) matrices as (…, m, n) with m ≥ n (Gram on the smaller side)."""
-    return mats if mats.shape[-2] >= mats.shape[-1] else jnp.swapaxes(mats, -1, -2)
 
 
 @guarantee("exact")
@@ -318,8 +373,7 @@ def exact_spectral_norm(
     s = pow2_scale(kpoly)
     if kpoly.shape[:2] == (1, 1):
         n_poly = (1, 1)  # a 1×1 kernel has the same matrix at every frequency.
-    mats = _side(frequency_matrices(kpoly / s, n_poly))
-    return s * _max_sigma(mats)
+    return s * _max_sigma(*frequency_pair(kpoly / s, n_poly))
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +422,8 @@ def gram_bound(
     if pads == "CIRCULAR" and (hw[0] % st[0] or hw[1] % st[1]):
         circ_st = (1, 1)  # rows 0, s, 2s, … of the stride-1 circular conv: a submatrix.
     kpoly, n_poly = _circular_setup(ks, hw, circ_st, pads)
-    per_freq = gram_iteration(_side(frequency_matrices(kpoly, n_poly)), num_iters)
+    re, im = frequency_pair(kpoly, n_poly)
+    per_freq = gram_finish(gram_steps(gram_start(re, im), num_iters), re.shape[1])
     bound = jnp.max(per_freq) + _dft_error(kpoly)
     d_in = hw[0] * hw[1] * cin
     # The dense path needs A·eᵢ computed exactly: true for zero padding; circular padding gains

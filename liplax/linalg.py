@@ -11,6 +11,7 @@ matrices neither underflow nor overflow in float32) and undoes the scaling at th
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,15 +109,17 @@ def gram_iteration(g: jax.Array, num_iters: int) -> jax.Array:
     ‖G_T‖_F^{2^{-T}} = (Σᵢ σᵢ^{2^{T+1}})^{2^{-(T+1)}} ≥ σ₁ (Delattre, Barthélemy, Araujo, Allauzen,
     *Efficient Bound of Lipschitz Constant for Convolutional Layers by Gram Iteration*, ICML 2023).
     Each step divides G_t by a_t = ‖G_t‖_F and records log a_t, so nothing overflows:
-    log bound = Σ_{t=0}^{T} 2^{-t} log a_t.
+    log bound = Σ_{t=0}^{T} 2^{-t} log a_t. The steps are :func:`gram_steps` and the bound with
+    its rounding margin :func:`gram_finish`; callers that screen many matrices can stop after a
+    few steps, keep some of them and continue.
 
-    Rounding: the computed product fl(G̃ᴴG̃) of a normalized G̃ differs from G̃ᴴG̃ by at most
-    γ_{k+2}‖G̃‖_F² = γ_{k+2} in spectral norm (Higham, *Accuracy and Stability*, §3.5; k the inner
-    dimension, +2 for the normalization), so by Weyl σ₁ shrinks by at most a factor
-    (1 − γ_{k+2}R_t) per step (√2·γ_{2k+4} for complex matrices, multiplied as real pairs),
+    Rounding: the computed normalized product differs from (G/a)ᴴ(G/a) by at most
+    g_k‖G/a‖_F² in spectral norm, k the inner dimension: g_k = γ_{k+2} for real matrices (Higham,
+    *Accuracy and Stability*, §3.5; the product, then the division) and √10·γ_{k+6} for complex
+    ones (see :func:`gram_steps`). By Weyl σ₁ shrinks by at most a factor (1 − g_kR_t) per step,
     R_t = ‖G_t‖_F²/σ₁(G_t)² ≤ n. R_t is bounded a posteriori from the recorded norms:
     σ₁(G_t) ≥ (‖G_T‖_F/√n)^{2^{t-T}}. The returned bound is multiplied by
-    Π_t (1 − γ_{k_t+2}R_t)^{-2^{-(t+1)}} and by a factor covering the final Frobenius norm and the
+    Π_t (1 − g_{k_t}R_t)^{-2^{-(t+1)}} and by a factor covering the final Frobenius norm and the
     log/exp arithmetic, so it is never below σ₁ of the matrices that were passed in.
 
     Args:
@@ -129,58 +132,109 @@ def gram_iteration(g: jax.Array, num_iters: int) -> jax.Array:
     m, n = g.shape[-2:]
     if m < n:
         raise ValueError(f"gram_iteration needs m ≥ n (Gram on the smaller side), got {g.shape}")
-    is_complex = jnp.iscomplexobj(g)
-    real_dtype = jnp.finfo(g.dtype).dtype
-    batch = g.shape[:-2]
-    # Complex matrices travel as (re, im) pairs and are multiplied with four real products:
-    # XLA's CPU complex matmul is ~3.5x slower than that, and the error analysis is the same
-    # with 2k-term real sums.
-    pair = (jnp.real(g), jnp.imag(g)) if is_complex else (g, None)
-
-    def safe(a):
-        return jnp.where(a > 0, a, jnp.ones_like(a))
-
-    def frob(p):
-        re, im = p
-        ss = jnp.sum(re * re, axis=(-2, -1))
-        if im is not None:
-            ss = ss + jnp.sum(im * im, axis=(-2, -1))
-        pos = ss > 0
-        return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
-
-    def normalized_gram(p):
-        """(G/a)ᴴ(G/a) and a = ‖G‖_F."""
-        a = frob(p)
-        d = safe(a)[..., None, None]
-        re = p[0] / d
-        re_t = jnp.swapaxes(re, -1, -2)
-        if p[1] is None:
-            return (_mm(re_t, re), None), a
-        im = p[1] / d
-        im_t = jnp.swapaxes(im, -1, -2)
-        return (_mm(re_t, re) + _mm(im_t, im), _mm(re_t, im) - _mm(im_t, re)), a
-
-    # Step 0 maps (m, n) to (n, n); later steps stay (n, n), so they share one fori_loop.
-    logs = jnp.zeros((num_iters + 1,) + batch, real_dtype)
-    if num_iters == 0:
-        a0 = frob(pair)
-        logs = logs.at[0].set(jnp.log(safe(a0)))
+    if jnp.iscomplexobj(g):
+        pair = (jnp.real(g), jnp.imag(g))
     else:
-        h, a0 = normalized_gram(pair)
-        logs = logs.at[0].set(jnp.log(safe(a0)))
+        pair = (g, None)
+    return gram_finish(gram_steps(gram_start(*pair), num_iters), m)
 
-        def body(t, carry):
-            h, logs = carry
-            h, a = normalized_gram(h)
-            return h, logs.at[t].set(jnp.log(safe(a)))
 
-        h, logs = lax.fori_loop(1, num_iters, body, (h, logs))
-        logs = logs.at[num_iters].set(jnp.log(safe(frob(h))))
+class GramState(NamedTuple):
+    """Gram iteration after t steps: the current iterate as a (re, im) pair (im is ``None`` for
+    real matrices), shape (..., r, n), and the logs ``(t, ...)`` of the norms divided out so far.
+    Index a batch of matrices with ``GramState(re[i], im[i], logs[:, i])``."""
 
+    re: jax.Array
+    im: jax.Array | None
+    logs: jax.Array
+
+
+def gram_start(re: jax.Array, im: jax.Array | None = None) -> GramState:
+    """The state before the first step: G₀ = re + i·im (``im=None``: a real matrix), m ≥ n."""
+    logs = jnp.zeros((0,) + re.shape[:-2], re.dtype)
+    return GramState(re, im, logs)
+
+
+def _frob(re: jax.Array, im: jax.Array | None) -> jax.Array:
+    ss = jnp.sum(re * re, axis=(-2, -1))
+    if im is not None:
+        ss = ss + jnp.sum(im * im, axis=(-2, -1))
+    pos = ss > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
+
+
+def _safe(a: jax.Array) -> jax.Array:
+    return jnp.where(a > 0, a, jnp.ones_like(a))
+
+
+def _normalized_gram(re: jax.Array, im: jax.Array | None):
+    """((G/a)ᴴ(G/a) as a pair, a = ‖G‖_F) for G = re + i·im of shape (..., k, n).
+
+    The products use G itself (entries of order one: callers pass scaled or normalized
+    matrices) and the division by a² comes last, fused with the combination of the products.
+    A complex product costs two real ones, with Y = R + I and M = RᵀI:
+    Re GᴴG = RᵀR + IᵀI = YᵀY − (M + Mᵀ) and Im GᴴG = RᵀI − IᵀR = M − Mᵀ.
+    """
+    ss = jnp.sum(re * re, axis=(-2, -1))
+    if im is not None:
+        ss = ss + jnp.sum(im * im, axis=(-2, -1))
+    pos = ss > 0
+    a = jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
+    d = _safe(ss)[..., None, None]
+    if im is None:
+        return (_mm(jnp.swapaxes(re, -1, -2), re) / d, None), a
+    y = re + im
+    s = _mm(jnp.swapaxes(y, -1, -2), y)
+    mm = _mm(jnp.swapaxes(re, -1, -2), im)
+    mm_t = jnp.swapaxes(mm, -1, -2)
+    return ((s - (mm + mm_t)) / d, (mm - mm_t) / d), a
+
+
+def gram_steps(state: GramState, steps: int) -> GramState:
+    r"""``steps`` more steps G ← (G/a)ᴴ(G/a) of rescaled Gram iteration (static count).
+
+    Complex matrices travel as real (re, im) pairs: XLA's CPU complex matmul is far slower than
+    real ones. With G = R + iI and Y = R + I, a step costs two real products:
+    Re = YᵀY − (M + Mᵀ), Im = M − Mᵀ, M = RᵀI, then a division of both by a² = ‖G‖_F².
+    Rounding (Higham §3.5: |fl(XZ) − XZ| ≤ γ_k|X||Z|, and ‖|X||Z|‖_F ≤ ‖X‖_F‖Z‖_F): the computed
+    Y differs from R + I by u|R + I|, so fl(YᵀY) errs by ≤ γ_{k+2}‖R + I‖_F² ≤ 2γ_{k+2}‖G‖_F²;
+    M + Mᵀ by ≤ 2γ_k‖R‖_F‖I‖_F ≤ γ_k‖G‖_F²; the three additions by ≤ 4u(1 + γ_{k+2})‖G‖_F². So
+    the real part errs by ≤ 3γ_{k+4}‖G‖_F², the imaginary part by ≤ γ_{k+1}‖G‖_F², the whole
+    by ≤ √10·γ_{k+4}‖G‖_F² in spectral norm (≤ Frobenius), and the division adds u per entry,
+    ≤ u(1 + √10·γ_{k+4})‖G‖_F². Relative to σ₁(G)² = ‖G‖_F²/R_t, the loss of a step is at most
+    √10·γ_{k+6}·R_t, the constant :func:`gram_finish` uses (γ_{k+2}·R_t for real matrices:
+    γ_k from the product, u from the division).
+    """
+    steps = _checks.num_iters(steps, "steps")
+    if steps == 0:
+        return state
+    (re, im), a = _normalized_gram(state.re, state.im)
+    # The first step may change the shape (k, n) → (n, n); later steps share one fori_loop.
+    logs = jnp.zeros((steps,) + a.shape, a.dtype).at[0].set(jnp.log(_safe(a)))
+
+    def body(t, carry):
+        re, im, logs = carry
+        (re, im), a = _normalized_gram(re, im)
+        return re, im, logs.at[t].set(jnp.log(_safe(a)))
+
+    re, im, logs = lax.fori_loop(1, steps, body, (re, im, logs))
+    return GramState(re, im, jnp.concatenate([state.logs, logs], axis=0))
+
+
+def gram_finish(state: GramState, m: int) -> jax.Array:
+    """The upper bound Π_t a_t^{2^{-t}}·‖G_T‖_F^{2^{-T}} on σ₁ of the starting matrices (rows
+    ``m``), times the rounding margin of :func:`gram_iteration`. Shape: the batch."""
+    n = state.re.shape[-1]
+    num_iters = state.logs.shape[0]
+    real_dtype = state.re.dtype
+    final = _frob(state.re, state.im)
+    logs = jnp.concatenate([state.logs, jnp.log(_safe(final))[None]], axis=0)
     weights = jnp.asarray([2.0**-t for t in range(num_iters + 1)], real_dtype)
     log_bound = jnp.tensordot(weights, logs, axes=(0, 0))
-    nonzero = a0 > 0
+    # A zero input stays zero; a non-zero one cannot reach zero: ‖(G/a)ᴴ(G/a)‖_F ≥ 1/n.
+    nonzero = final > 0
     bound = jnp.where(nonzero, jnp.exp(jnp.where(nonzero, log_bound, 0.0)), 0.0)
+    is_complex = state.im is not None
     margin = lax.stop_gradient(_gram_margin(logs, num_iters, m, n, real_dtype, is_complex))
     return bound * margin
 
@@ -203,8 +257,8 @@ def _gram_margin(logs, num_iters: int, m: int, n: int, dtype, is_complex: bool) 
         log_r = 2.0 * ells[t] - 2.0 ** (t + 1 - num_iters) * ell_T + 2.0 ** (t - num_iters) * log_n
         r_t = jnp.exp(jnp.clip(log_r, 0.0, log_n))
         k = m if t == 0 else n
-        # Complex products are computed as real sums of 2k terms (see gram_iteration).
-        g = math.sqrt(2.0) * gamma(2 * (k + 2), dtype) if is_complex else gamma(k + 2, dtype)
+        # Complex products: two real products per step (see gram_steps).
+        g = math.sqrt(10.0) * gamma(k + 6, dtype) if is_complex else gamma(k + 2, dtype)
         loss = jnp.minimum(g * r_t, 1.0)  # a loss of 1 means no guarantee: margin → inf.
         log_margin = log_margin - 2.0 ** -(t + 1) * jnp.log1p(-loss)
     # Final Frobenius norm: sum of N squares, relative error ≤ γ_{N+1}; raised to 2^{-T}.

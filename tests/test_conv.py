@@ -756,3 +756,27 @@ def test_bad_input_refused_under_jit(name):
     with pytest.raises(ValueError) as e:
         jax.jit(lambda k: fn(k, (8, 8)))(jnp.ones((3, 3, 2)))
     assert names_argument(e, "kernel"), str(e.value)
+
+
+@pytest.mark.parametrize("n_hw", [(1, 1), (2, 3), (4, 4), (5, 7), (6, 2)])
+def test_unique_frequencies_one_per_conjugate_pair(n_hw):
+    # Every frequency (u, v) of the full N_h x N_w grid is, or is the conjugate of, exactly one
+    # listed frequency; the singular values of K̂ are therefore all present.
+    nh, nw = n_hw
+    listed = {tuple(int(x) for x in f) for f in conv.unique_frequencies(n_hw)}
+    assert len(listed) == len(conv.unique_frequencies(n_hw))
+    for u in range(nh):
+        for v in range(nw):
+            conj = ((-u) % nh, (-v) % nw)
+            hits = {(u, v), conj} & listed
+            assert len(hits) == 1, (u, v, hits)
+    # The matrices at the listed frequencies match the float64 DFT, and the dropped conjugates
+    # have the same singular values.
+    rng = np.random.default_rng(seed_of("unique_frequencies", n_hw))
+    kernel = rng.standard_normal((3, 2, 4, 3))
+    with jax.enable_x64(True):
+        mats = np.asarray(conv.frequency_matrices(jnp.asarray(kernel), n_hw))
+    p, q = np.arange(3), np.arange(2)
+    for (u, v), m in zip(conv.unique_frequencies(n_hw), mats, strict=True):
+        w = np.exp(2j * np.pi * (p[:, None] * u / nh + q[None, :] * v / nw))
+        np.testing.assert_allclose(m, np.einsum("pqio,pq->io", kernel, w), rtol=0, atol=1e-12)
