@@ -52,7 +52,8 @@ class SpectralDense(DenseBase):
         w = self.kernel[...]
         if update and not self.deterministic:
             return self._power_sigma(w, update=True)
-        return jnp.linalg.norm(_unit(self.power_state[...]) @ w)
+        c = linalg.pow2_scale(w)  # exact: ‖u W‖ = c‖u W/c‖ without under/overflow at 1e∓30
+        return c * jnp.linalg.norm(_unit(self.power_state[...]) @ (w / c))
 
     def effective_kernel(self) -> jax.Array:
         return self.kernel[...] / self.sigma(update=False)
@@ -85,7 +86,8 @@ class SpectralConv(ConvBase):
         k = self.kernel[...]
         if update and not self.deterministic:
             return self._power_sigma(k, update=True)
-        return jnp.linalg.norm(self._apply_single(k, _unit(self.power_state[...])))
+        c = linalg.pow2_scale(k)  # exact power of two, as in SpectralDense.sigma
+        return c * jnp.linalg.norm(self._apply_single(k / c, _unit(self.power_state[...])))
 
     def effective_kernel(self) -> jax.Array:
         return self.kernel[...] / self.sigma(update=False)
