@@ -198,3 +198,20 @@ def test_compose_has_no_partial_overflow_or_underflow():
     for values, want in (([1e30, 1e30, 1e-30], 1e30), ([1e-30, 1e-30, 1e30], 1e-30)):
         got = float(compose([Bound(jnp.float32(v), "upper") for v in values]).value)
         assert got >= want * (1 - 1e-6) and got == pytest.approx(want, rel=1e-5)
+
+
+def test_spectral_normalization_of_a_zero_operator_is_finite():
+    """A kernel whose taps only read padding is the zero operator: σ̂ = 0 and W/σ̂ was NaN
+    (found by test_fuzz_nn). The layer now applies W itself there, and certifies it."""
+    k = np.zeros((5, 5, 1, 2), np.float32)
+    k[1, 0] = [0.125, -0.25]  # on a 2×2 SAME input this tap never meets the image
+    layer = ln.SpectralConv(1, 2, 5, input_size=(2, 2), rngs=rngs())
+    layer.kernel[...] = jnp.asarray(k)
+    layer.eval()
+    assert np.all(np.isfinite(np.asarray(layer.effective_kernel())))
+    assert 0.0 <= float(bounds.trivial_bound(layer, (2, 2, 1)).value) < 1e-30  # flush slack
+    dense = ln.SpectralDense(3, 2, rngs=rngs())
+    dense.kernel[...] = jnp.zeros((3, 2))
+    assert np.all(np.isfinite(np.asarray(dense.effective_kernel())))
+    y = dense(jnp.ones((1, 3)))
+    assert np.all(np.asarray(y) == 0.0)
