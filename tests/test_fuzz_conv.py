@@ -16,7 +16,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import assume, given, note
+from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 from liplax import conv
@@ -53,8 +53,14 @@ GEOMETRIES = [
 
 
 @st.composite
-def geometries(draw):
-    return draw(conv_geometries() if WIDE else st.sampled_from(GEOMETRIES))
+def geometries(draw, pool=GEOMETRIES):
+    return draw(conv_geometries() if WIDE else st.sampled_from(pool))
+
+
+def budget(n: int):
+    """Examples per test in the default profile (each new geometry or dtype compiles); the fuzz
+    profile keeps its own count."""
+    return settings(max_examples=n) if not WIDE else (lambda f: f)
 
 
 def _operator_truths(k, n_hw, strides, padding) -> tuple[float, float, float]:
@@ -102,6 +108,7 @@ def _check_conv(k, geometry, num_iters: int, compute_dtype: str) -> None:
         assert_exact(got["exact"], spec, compute_dtype, "conv.exact_spectral_norm")
 
 
+@budget(30)
 @given(st.data())
 def test_conv_operators_match_the_float64_truth(data):
     geometry = data.draw(geometries())
@@ -116,9 +123,10 @@ def test_conv_operators_match_the_float64_truth(data):
 LOW = {"bfloat16": 1e30, "float16": 1e3}
 
 
+@budget(10)
 @given(st.data())
 def test_conv_low_precision_kernels_give_float32_bounds(data):
-    geometry = data.draw(geometries())
+    geometry = data.draw(geometries(GEOMETRIES[::4]))  # default: 4 geometries, 2 dtypes
     kernel_hw, channels = geometry[0], geometry[1]
     k, kind, scale = data.draw(kernels(kernel_hw, channels))
     low = data.draw(st.sampled_from(sorted(LOW)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import assume, given, note
+from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 from liplax import linalg
@@ -33,6 +33,11 @@ from tests._helpers import (
 from tests.test_properties import WIDE, matrices
 
 GRAM_ITERS = st.integers(1, 12) if WIDE else st.sampled_from([1, 6])
+
+
+def budget(n: int):
+    """Examples per test in the default profile (each new shape or dtype compiles)."""
+    return settings(max_examples=n) if not WIDE else (lambda f: f)
 
 
 def _truths(w) -> tuple[float, float, float]:
@@ -78,6 +83,7 @@ def test_linalg_operators_match_the_float64_truth(case, num_iters):
 LOW = {"bfloat16": 1e30, "float16": 1e3}  # largest scale each format holds with room to spare
 
 
+@budget(20)
 @given(matrices(), st.sampled_from(sorted(LOW)), GRAM_ITERS)
 def test_linalg_low_precision_inputs_give_float32_bounds(case, low, num_iters):
     w, kind, scale = case

@@ -104,7 +104,7 @@ def _f32(case):
     return w, kind, scale
 
 
-@budget(30)
+@budget(25)
 @given(matrices(), st.sampled_from(sorted(DENSE)))
 def test_dense_layer_bounds_are_sound(case, name):
     w, kind, scale = _f32(case)
@@ -165,7 +165,7 @@ CONV = {
 }
 
 
-@budget(30)
+@budget(15)
 @given(st.data())
 def test_conv_layer_bounds_are_sound(data):
     geometry = data.draw(conv_geometries() if WIDE else st.sampled_from(CONV_GEOMETRIES))
@@ -216,7 +216,7 @@ def pools(draw):
     return window, strides, hw
 
 
-@budget(25)
+@budget(15)
 @given(pools(), st.sampled_from(["AvgPool", "MaxPool"]), PS, st.integers(1, 2), st.integers(0, 99))
 def test_pool_bounds_are_sound(geometry, name, p, channels, seed):
     window, strides, hw = geometry
