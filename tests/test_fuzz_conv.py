@@ -108,7 +108,7 @@ def _check_conv(k, geometry, num_iters: int, compute_dtype: str) -> None:
         assert_exact(got["exact"], spec, compute_dtype, "conv.exact_spectral_norm")
 
 
-@budget(30)
+@budget(15)
 @given(st.data())
 def test_conv_operators_match_the_float64_truth(data):
     geometry = data.draw(geometries())

@@ -73,6 +73,7 @@ def _check_all(w, num_iters: int, compute_dtype: str) -> None:
     assert min(sn, ni, n1) > 0, "a wrong zero for a non-zero matrix"
 
 
+@budget(30)
 @given(matrices(), GRAM_ITERS)
 def test_linalg_operators_match_the_float64_truth(case, num_iters):
     w, kind, scale = case
