@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow fuzz lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# Property-based soundness at 10,000 examples per property (hours on 2 cores; one file at a time).
+FUZZ_FILES := tests/test_properties.py $(sort $(wildcard tests/test_fuzz_*.py))
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest --hypothesis-show-statistics $(FUZZ_FILES)
 
 lint: $(STAMP)
 	$(PY) -m ruff check liplax tests benchmarks experiments

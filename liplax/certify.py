@@ -143,8 +143,18 @@ def certified_radius(
     """
     factor, L, s = _certificate_terms(lipschitz, p, head, input_scale)
     m = margins(logits, labels)
-    safe = jnp.where(m > 0, m, 1.0)
-    return jnp.where(m > 0, safe / (factor * L) * s, 0.0)
+    ok = _certifiable(m, L)
+    safe = jnp.where(ok, m, 1.0)
+    return jnp.where(ok, safe / (factor * L) * s, 0.0)
+
+
+def _certifiable(m: jax.Array, L: jax.Array) -> jax.Array:
+    """Where a certificate may be issued: a positive, finite margin and a finite bound L ≥ 0.
+
+    Concrete non-finite values raise before this; under ``jit`` they cannot, so an example
+    whose margin or bound is NaN or ±inf is simply never certified (radius 0)."""
+    good_l = jnp.isfinite(L) & (L >= 0)
+    return (m > 0) & jnp.isfinite(m) & good_l
 
 
 def certified_accuracy(
@@ -173,7 +183,8 @@ def certified_accuracy(
         raise ValueError(f"eps must be ≥ 0, got {ev}")
     m = margins(logits, labels)
     L = jnp.broadcast_to(L, m.shape)[..., None]
-    certified = m[..., None] > factor * L * (eps.reshape(-1) / s)  # (..., number of radii)
+    ok = _certifiable(m, L[..., 0])[..., None]
+    certified = ok & (m[..., None] > factor * L * (eps.reshape(-1) / s))  # (..., radii)
     acc = jnp.mean(certified.reshape(-1, certified.shape[-1]).astype(jnp.float32), axis=0)
     return acc.reshape(eps.shape)
 

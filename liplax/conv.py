@@ -461,7 +461,10 @@ def _dense_gram_bound(ks: jax.Array, hw, st, pads, num_iters: int) -> jax.Array:
     g = gamma(kh * kw * (cout + 1), ks.dtype)
     trace = jnp.trace(b) * (1.0 + g)
     gram_b = gram_iteration(b, num_iters - 1)
-    return jnp.sqrt(gram_b + g * trace)
+    sq = gram_b + g * trace
+    # sqrt with a finite gradient at a zero kernel (where sq = 0, d sqrt would be inf·0 = NaN)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,13 +79,51 @@ def compose_kind(kinds: Iterable[str]) -> str:
     return "upper"
 
 
+EXACT_ULPS = 64
+"""Rounding margin of an ``exact`` value, in units of roundoff u of its dtype, assumed by
+:func:`compose`: a computed exact constant v̂ of a true constant v has v̂ ≥ (1 − 64u)·v
+(float32: 3.8e-6). An assumption, not a theorem: a backward-stable SVD and an n-term abs-sum
+are observed far inside it (errors ~√n·u; tests/test_fuzz_networks.py checks tight rank-1
+chains), but the worst-case bound γ_n of a sum exceeds it past n ≈ 64 terms."""
+
+
+def exact_margin(dtype) -> float:
+    """Relative margin EXACT_ULPS·u by which an ``exact`` value may sit below the truth."""
+    return EXACT_ULPS * unit_roundoff(dtype)
+
+
+def product_margin(kinds: Iterable[str], dtype) -> float:
+    """Relative margin M such that fl(Π v̂_l)·(1 + M), rounded once more, is ≥ Π v_l.
+
+    Each ``exact`` factor may be low by exact_margin, each product rounds by ≤ u; to first
+    order the loss is Σ_exact m + (L + 1)·u, doubled to cover the second-order terms."""
+    kinds = list(kinds)
+    u = unit_roundoff(dtype)
+    m = exact_margin(dtype)
+    return 2.0 * (sum(m for k in kinds if k == "exact") + (len(kinds) + 1) * u)
+
+
 def compose(bounds: Iterable[Bound]) -> Bound:
-    """Bound of a composition f_L ∘ … ∘ f_1 from the bounds of its factors: Π_l Lip(f_l)."""
+    """Bound of a composition f_L ∘ … ∘ f_1 from the bounds of its factors: Π_l Lip(f_l).
+
+    With two or more factors the product is rounded up by :func:`product_margin` so that it
+    stays ≥ the composition's constant even when the factors are tight (e.g. a chain of
+    rank-1 layers whose singular directions line up, where Π‖W_l‖ = ‖W_L⋯W_1‖) and carry the
+    rounding of ``exact`` values and of the products. A single factor is returned as is; a
+    product beyond the dtype's range is inf (or a wrong 0 for a tiny one: none below tiny)."""
     bounds = list(bounds)
-    value = jnp.asarray(1.0)
+    # Mantissas multiply and exponents add, so partial products neither overflow nor flush to 0
+    # (1e30·1e30·1e-30 is 1e30, not inf); the rounding is that of the plain product.
+    mantissa, exponent = jnp.asarray(1.0), jnp.asarray(0, jnp.int32)
     for b in bounds:
-        value = value * b.value
-    return Bound(value, compose_kind(b.kind for b in bounds))
+        m, e = jnp.frexp(mantissa * b.value)
+        mantissa, exponent = m, exponent + e
+    value = jnp.ldexp(mantissa, exponent)
+    kind = compose_kind(b.kind for b in bounds)
+    if len(bounds) > 1 and kind != "estimate":
+        dtype = jnp.result_type(value)
+        value = value * (1.0 + product_margin([b.kind for b in bounds], dtype))
+    return Bound(value, kind)
 
 
 def require_certified(bound: Bound, *, name: str = "bound") -> Bound:

@@ -19,6 +19,12 @@ differ from the exact ones by at most γ_k(|W||W|ᵀ)_ij (Higham, *Accuracy and 
 positive sums are inflated by 1/(1 − γ_n), and the rounding of the effective weight
 fl(d_i W_ij) = d_i W_ij(1 + δ), |δ| ≤ u, adds at most u‖|DW|‖₂ ≤ u·(max_i d_i² t_i)^{1/2}, t the
 row sums of |W||W|ᵀ. The result is an ``upper`` bound on the applied layer, ≈ 1.
+
+Scale: W is first divided by an exact power of two c (max|W/c| in [1, 2), no rounding, no
+gradient through c), so the Gram entries neither overflow (1e30 weights: W Wᵀ ≈ 1e60 would
+be inf in float32, and the certificate NaN) nor underflow (1e-30 weights: W Wᵀ ≈ 1e-60 would
+flush to 0, and the certificate to a wrong 0). AOL is scale invariant up to ε, so the layer
+applies diag(d(W/c))·W/c, which differs from diag(d(W))·W only through ε/c² in the scales.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from liplax.guarantee import Bound, gamma, unit_roundoff
+from liplax.linalg import pow2_scale
 from liplax.nn._base import check_p, shape_tuple
 from liplax.nn.conv import ConvBase, conv_bound
 from liplax.nn.dense import DenseBase, matrix_bound
@@ -93,7 +100,8 @@ def aol_certificate(
 
 
 def aol_dense(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(diag(d)·W, certificate) for a dense weight ``(in, out)``."""
+    """(diag(d)·W, certificate) for a dense weight ``(in, out)`` (W scaled first: module doc)."""
+    w = w / pow2_scale(w)
     s, t = _gram_rows_dense(w)
     d = aol_scales(s)
     cert = aol_certificate(d, s, t, inner=w.shape[1], row_len=w.shape[0])
@@ -101,7 +109,8 @@ def aol_dense(w: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def aol_conv(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(kernel with input channels scaled by d, certificate) for an HWIO kernel."""
+    """(kernel with input channels scaled by d, certificate) for an HWIO kernel (scaled first)."""
+    k = k / pow2_scale(k)
     kh, kw, cin, cout = k.shape
     s, t = _gram_rows_conv(k)
     d = aol_scales(s)

@@ -11,13 +11,14 @@ The helpers :func:`bound_of`, :func:`output_shape_of` and :func:`log_bound_of` a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from liplax.guarantee import Bound, compose, compose_kind
+from liplax.guarantee import Bound, compose, compose_kind, product_margin, unit_roundoff
 from liplax.nn._base import LipschitzModule, check_p, shape_tuple
 from liplax.nn.plain import is_plain, plain_bound, plain_output_shape
 
@@ -86,18 +87,37 @@ def log_bound_of(layer, input_shape, *, p=2, fast: bool = False) -> tuple[jax.Ar
     kids = _children(layer)
     if kids is not None:
         shape = shape_tuple(input_shape, _name(layer))
-        total, kinds = jnp.asarray(0.0), []
+        total, kinds, size = jnp.asarray(0.0), [], jnp.asarray(0.0)
         for i, child in enumerate(kids):
             lv, kind = _in_context(_name(layer), i, child, log_bound_of, shape, p=p, fast=fast)
             shape = _in_context(_name(layer), i, child, output_shape_of, shape)
-            total, kinds = total + lv, kinds + [kind]
+            total, kinds, size = total + lv, kinds + [kind], size + jnp.abs(lv)
+        if len(kinds) > 1 and not fast:  # certificates only; one factor is kept as is
+            total = _log_round_up(total, size, kinds)
         return total, compose_kind(kinds)
     if isinstance(layer, Residual):
         layer._check_shape(input_shape)
         lv, kind = log_bound_of(layer.inner, input_shape, p=p, fast=fast)
-        return jax.nn.softplus(lv), _residual_kind(kind)  # log(1 + e^lv)
+        out = jax.nn.softplus(lv)  # log(1 + e^lv)
+        if not fast:
+            out = _log_round_up(out, jnp.abs(out), [kind])
+        return out, _residual_kind(kind)
     b = bound_of(layer, input_shape, p=p, fast=fast)
     return jnp.log(b.value), b.kind
+
+
+def _log_round_up(total: jax.Array, size: jax.Array, kinds: list[str]) -> jax.Array:
+    """Σ_l log Lip_l rounded up as :func:`~liplax.guarantee.compose` rounds the product up.
+
+    + log(1 + product_margin) covers the factors; each computed log is within 2u·|log_l| and
+    each of the L additions within u·Σ|log_l|, so + (L + 3)·u·(Σ|log_l| + 1) covers the log
+    arithmetic (the final additions included). Unchanged for an estimate."""
+    if compose_kind(kinds) == "estimate":
+        return total
+    dtype = jnp.result_type(total)
+    u = unit_roundoff(dtype)
+    margin = math.log1p(product_margin(kinds, dtype))
+    return total + margin + (len(kinds) + 3) * u * (size + 1.0)
 
 
 def _in_context(container: str, i: int, child, fn, shape, **kw):
@@ -179,7 +199,10 @@ class Residual(LipschitzModule):
         check_p(p, "Residual.lipschitz_bound")
         shape = self._check_shape(input_shape)
         b = bound_of(self.inner, shape, p=p, fast=fast)
-        return Bound(1.0 + b.value, _residual_kind(b.kind))
+        value = 1.0 + b.value
+        if b.kind != "estimate":  # the inner value's rounding and the addition's, rounded up
+            value = value * (1.0 + product_margin([b.kind], jnp.result_type(value)))
+        return Bound(value, _residual_kind(b.kind))
 
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
         """1 + Lip(g) (``upper`` when g's bound is certified)."""

@@ -71,8 +71,13 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     estimate into the step costs two matrix-vector products per call instead of three, which
     keeps the training penalty cheap (``benchmarks/penalty_step.py``).
 
+    ``w`` is divided by an exact power of two c first (σ̂(w) = c·σ̂(w/c)), so 1e-30 and 1e30
+    weights neither underflow nor overflow in the sums of squares.
+
     Returns ``(σ̂, u')``, u' without gradient.
     """
+    c = linalg.pow2_scale(w)
+    w = w / c
     ws = lax.stop_gradient(w)
 
     def step(_, u):
@@ -84,7 +89,7 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     y_hat = lax.stop_gradient(linalg.normalize(u @ ws))
     z = w @ y_hat
     sigma = jnp.sqrt(jnp.sum(z * z))
-    return sigma, lax.stop_gradient(linalg.normalize(z))
+    return c * sigma, lax.stop_gradient(linalg.normalize(z))
 
 
 def check_p_est(layer: LipschitzModule, p) -> float:

@@ -34,6 +34,13 @@ def _unit(v: jax.Array) -> jax.Array:
     return lax.stop_gradient(linalg.normalize(v))
 
 
+def _normalized(w: jax.Array, sigma: jax.Array) -> jax.Array:
+    """w/σ̂, and w itself where σ̂ = 0 (a zero operator, or u orthogonal to it: 0/0 would be
+    NaN; the certificate is always of the weight actually applied)."""
+    pos = sigma > 0
+    return w / jnp.where(pos, sigma, jnp.ones_like(sigma))
+
+
 class SpectralDense(DenseBase):
     """x ↦ x W/σ̂ (+ b), σ̂ a warm power-iteration estimate of ‖W‖₂ (see the module docstring).
 
@@ -52,13 +59,14 @@ class SpectralDense(DenseBase):
         w = self.kernel[...]
         if update and not self.deterministic:
             return self._power_sigma(w, update=True)
-        return jnp.linalg.norm(_unit(self.power_state[...]) @ w)
+        c = linalg.pow2_scale(w)  # exact: ‖u W‖ = c‖u W/c‖ without under/overflow at 1e∓30
+        return c * jnp.linalg.norm(_unit(self.power_state[...]) @ (w / c))
 
     def effective_kernel(self) -> jax.Array:
-        return self.kernel[...] / self.sigma(update=False)
+        return _normalized(self.kernel[...], self.sigma(update=False))
 
     def _forward_kernel(self) -> jax.Array:
-        return self.kernel[...] / self.sigma(update=True)
+        return _normalized(self.kernel[...], self.sigma(update=True))
 
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
         """Certified ℓp norm of the effective weight W/σ̂ (≈ 1 for p=2 once u has converged)."""
@@ -85,13 +93,14 @@ class SpectralConv(ConvBase):
         k = self.kernel[...]
         if update and not self.deterministic:
             return self._power_sigma(k, update=True)
-        return jnp.linalg.norm(self._apply_single(k, _unit(self.power_state[...])))
+        c = linalg.pow2_scale(k)  # exact power of two, as in SpectralDense.sigma
+        return c * jnp.linalg.norm(self._apply_single(k / c, _unit(self.power_state[...])))
 
     def effective_kernel(self) -> jax.Array:
-        return self.kernel[...] / self.sigma(update=False)
+        return _normalized(self.kernel[...], self.sigma(update=False))
 
     def _forward_kernel(self) -> jax.Array:
-        return self.kernel[...] / self.sigma(update=True)
+        return _normalized(self.kernel[...], self.sigma(update=True))
 
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
         """Certified ℓp constant of the effective kernel on ``input_shape`` = (H, W, C)."""
