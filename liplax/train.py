@@ -292,8 +292,6 @@ def _make_evaluator(run: Run):
         correct = np.concatenate(correct)[:n]
         radius = np.concatenate(radius)[:n]
         up, lo = float(upper.value), float(lower)
-        if not (math.isfinite(up) and up >= 0):
-            raise FloatingPointError(f"the trivial bound is {up}: the parameters diverged")
         return {
             "clean_accuracy": float(np.mean(correct)),
             "lipschitz_upper": up,
@@ -407,6 +405,18 @@ def _report(run: Run, final: dict, history: list[dict], dataset: data.Dataset, s
     }
 
 
+def _check_finite(metrics: dict, step: int, n: int, store: CheckpointStore, out: Path) -> None:
+    """Stop a diverged run (a non-finite loss or bound) naming the steps and the last checkpoint."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        saved = store.steps()
+        raise FloatingPointError(
+            f"training diverged in steps {step + 1}-{step + n}: {bad}; the last checkpoint is "
+            f"step {saved[-1] if saved else 'none'} in {str(out)!r} (lower learning_rate or "
+            f"penalty_weight with --set)"
+        )
+
+
 def train(
     config: Config,
     out_dir: str | os.PathLike,
@@ -495,19 +505,14 @@ def train(
             t0 = time.perf_counter()
             state, metrics = chunk(state, x_train, y_train, n)
             metrics = {k: float(v) for k, v in metrics.items()}
-            if not all(math.isfinite(v) for v in metrics.values()):
-                saved = store.steps()
-                raise FloatingPointError(
-                    f"training diverged in steps {step + 1}-{step + n}: {metrics}; the last "
-                    f"checkpoint is step {saved[-1] if saved else 'none'} in {str(out)!r} (lower "
-                    f"learning_rate or penalty_weight with --set)"
-                )
+            _check_finite(metrics, step, n, store, out)
             dt = time.perf_counter() - t0
             train_seconds += dt
             step += n
             entry = {"step": step, **metrics, "chunk_seconds": round(dt, 4)}
             if step % config.eval_every == 0 and step < config.steps:
                 entry.update(evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step)))
+                _check_finite(entry, step - n, n, store, out)
             history.append(entry)
             with open(progress_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -527,6 +532,7 @@ def train(
         return {"steps": step, "stopped": True}
 
     final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
+    _check_finite(final, step - 1, 1, store, out)
     model = eval_model(run, state)
     final["layer_bounds"] = [
         {"layer": name, "value": float(b.value), "kind": b.kind}

@@ -14,6 +14,7 @@ from flax import nnx
 
 from liplax import checkpoint, data, train
 from liplax.checkpoint import CheckpointError, OutputError
+from liplax.guarantee import product_margin
 from tests.train_helpers import assert_same_state, final_state, same_metrics, tiny_config
 
 
@@ -60,8 +61,10 @@ def test_reported_bound_is_the_product_of_float64_weight_norms(finished):
     assert truth <= report["lipschitz_upper"] <= truth * (1 + 1e-4)
     layers = report["layer_bounds"]
     assert [r["layer"] for r in layers] == ["Flatten", "SinusoidalDense", "Dense"]
-    assert math.prod(r["value"] for r in layers) == pytest.approx(report["lipschitz_upper"],
-                                                                  rel=1e-5)
+    # the product of the layer bounds, rounded up by the documented margin
+    margin = product_margin([r["kind"] for r in layers], np.float32)
+    prod = math.prod(r["value"] for r in layers)
+    assert prod <= report["lipschitz_upper"] <= prod * (1 + 2 * margin)
 
 
 def test_certified_accuracy_matches_the_margin_rule(finished, digits):
@@ -176,7 +179,7 @@ def test_chunk_batches_are_the_documented_data_order(start, num_steps):
 
 def test_divergence_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, digits):
     out = tmp_path / "nan"
-    with pytest.raises(FloatingPointError, match=r"diverged in steps 1-5.*last checkpoint is step"):
+    with pytest.raises(FloatingPointError, match=r"diverged in steps \d+-\d+.*last checkpoint is"):
         train.train(tiny_config("learning_rate=1e30", "loss=hinge"), out, dataset=digits,
                     quiet=True)
     assert not (out / "report.json").exists()
