@@ -46,6 +46,8 @@ def check_output_dir(out: str | os.PathLike, need_bytes: int) -> Path:
     first checkpoint. Writes and removes a probe file (permissions are checked by doing).
     """
     path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {str(path)!r}: exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
