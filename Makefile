@@ -23,11 +23,14 @@ demo: $(STAMP)
 	$(PY) -m liplax.cli train --config default --out runs/demo
 	$(PY) -m liplax.cli bound runs/demo
 
+# One worker per core (at most 4); a test file stays on one worker so its fixtures run once.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow $(XDIST)
 
 # Property-based soundness at 10,000 examples per property (hours on 2 cores; one file at a time).
 FUZZ_FILES := tests/test_properties.py $(sort $(wildcard tests/test_fuzz_*.py))
