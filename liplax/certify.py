@@ -377,6 +377,17 @@ def _lower_bound_core(f, xs, key, *, p, steps, restarts, power_iters, step_size,
     )
 
 
+def _function_and_points(f, xs, name: str) -> jax.Array:
+    """Check that ``f`` is callable and ``xs`` a finite float batch (n ≥ 1, ...) of inputs."""
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
+    xs = _checks.float_array(xs, name)
+    if xs.ndim < 2 or xs.shape[0] < 1:
+        raise ValueError(f"{name} must be a batch (n ≥ 1, ...) of inputs, got shape {xs.shape}")
+    _finite(xs, name)
+    return xs
+
+
 def _batched_to_single(f, batched: bool):
     if not batched:
         return f
@@ -438,12 +449,7 @@ def lipschitz_lower_bound(
     steps = _checks.num_iters(steps, "steps", minimum=1)
     restarts = _checks.num_iters(restarts, "restarts", minimum=1)
     power_iters = _checks.num_iters(power_iters, "power_iters", minimum=1)
-    if not callable(f):
-        raise TypeError(f"f must be callable, got {type(f).__name__}")
-    xs = _checks.float_array(xs, "xs")
-    if xs.ndim < 2 or xs.shape[0] < 1:
-        raise ValueError(f"xs must be a batch (n ≥ 1, ...) of inputs, got shape {xs.shape}")
-    _finite(xs, "xs")
+    xs = _function_and_points(f, xs, "xs")
     for name, v in (("step_size", step_size), ("noise", noise)):
         if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
             raise ValueError(f"{name} must be a float ≥ 0, got {v!r}")
@@ -519,12 +525,7 @@ def local_norm_ascent(
 
     p = check_p(p, "local_norm_ascent")
     steps = _checks.num_iters(steps, "steps", minimum=0)
-    if not callable(f):
-        raise TypeError(f"f must be callable, got {type(f).__name__}")
-    starts = _checks.float_array(starts, "starts")
-    if starts.ndim < 2 or starts.shape[0] < 1:
-        raise ValueError(f"starts must be a batch (r ≥ 1, ...) of inputs, got {starts.shape}")
-    _finite(starts, "starts")
+    starts = _function_and_points(f, starts, "starts")
     if not isinstance(learning_rate, int | float) or not learning_rate > 0:
         raise ValueError(f"learning_rate must be a float > 0, got {learning_rate!r}")
     shape = starts.shape[1:]

@@ -37,6 +37,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -462,9 +463,7 @@ def train(
             f"continue that run or choose another --out"
         )
     if resume:
-        found = store.restore_latest(
-            flat_like, on_skip=lambda msg: print(f"liplax: warning: {msg}", file=sys.stderr)
-        )
+        found = store.restore_latest(flat_like)  # warns (UserWarning) for each unreadable step
         if found is not None:
             step0, flat, meta = found
             saved = Config.from_dict(meta["config"])
@@ -551,7 +550,7 @@ def train(
 
         plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}")
     except ImportError as e:  # matplotlib missing: the report stands without its plot
-        print(f"liplax: warning: no plot ({e})", file=sys.stderr)
+        warnings.warn(f"no training plot: {e}", stacklevel=2)
     return report
 
 

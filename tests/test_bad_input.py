@@ -378,7 +378,7 @@ CASES = [
          "'/nonexistent/run': not a liplax run folder (expected a 'checkpoints' folder inside)"),
     Case("certify.local_norm_ascent", "starts of rank 1",
          lambda: certify.local_norm_ascent(lambda x: x, np.ones(3, np.float32)), ValueError,
-         "starts must be a batch (r ≥ 1, ...) of inputs, got (3,)"),
+         "starts must be a batch (n ≥ 1, ...) of inputs, got shape (3,)"),
 ]
 
 
