@@ -41,7 +41,25 @@ def _normalized(w: jax.Array, sigma: jax.Array) -> jax.Array:
     return w / jnp.where(pos, sigma, jnp.ones_like(sigma))
 
 
-class SpectralDense(DenseBase):
+class _SpectralNormalized:
+    """What both spectral layers share: the applied kernel k/σ̂ (σ̂ stepped in training mode
+    only) and the penalty's ℓ2 value 1 (a normalized layer has nothing to penalize)."""
+
+    def effective_kernel(self) -> jax.Array:
+        return _normalized(self.kernel[...], self.sigma(update=False))
+
+    def _forward_kernel(self) -> jax.Array:
+        return _normalized(self.kernel[...], self.sigma(update=True))
+
+    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
+        p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
+        if p != 2:
+            return self.lipschitz_bound(input_shape, p=p)
+        self.output_shape(input_shape)
+        return const_bound(1.0, "estimate")
+
+
+class SpectralDense(_SpectralNormalized, DenseBase):
     """x ↦ x W/σ̂ (+ b), σ̂ a warm power-iteration estimate of ‖W‖₂ (see the module docstring).
 
     Args:
@@ -62,27 +80,14 @@ class SpectralDense(DenseBase):
         c = linalg.pow2_scale(w)  # exact: ‖u W‖ = c‖u W/c‖ without under/overflow at 1e∓30
         return c * jnp.linalg.norm(_unit(self.power_state[...]) @ (w / c))
 
-    def effective_kernel(self) -> jax.Array:
-        return _normalized(self.kernel[...], self.sigma(update=False))
-
-    def _forward_kernel(self) -> jax.Array:
-        return _normalized(self.kernel[...], self.sigma(update=True))
-
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
         """Certified ℓp norm of the effective weight W/σ̂ (≈ 1 for p=2 once u has converged)."""
         p = self._p(p)
         self.output_shape(input_shape)
         return matrix_bound(self.effective_kernel(), p, method=self.method)
 
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
-        p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
-        if p != 2:
-            return self.lipschitz_bound(input_shape, p=p)
-        self.output_shape(input_shape)
-        return const_bound(1.0, "estimate")
 
-
-class SpectralConv(ConvBase):
+class SpectralConv(_SpectralNormalized, ConvBase):
     """x ↦ (k/σ̂) ⋆ x (+ b), σ̂ a warm power iteration on the real convolution operator.
 
     Arguments as for :class:`~liplax.nn.Conv`; ``input_size`` is the size σ̂ is computed for.
@@ -96,12 +101,6 @@ class SpectralConv(ConvBase):
         c = linalg.pow2_scale(k)  # exact power of two, as in SpectralDense.sigma
         return c * jnp.linalg.norm(self._apply_single(k / c, _unit(self.power_state[...])))
 
-    def effective_kernel(self) -> jax.Array:
-        return _normalized(self.kernel[...], self.sigma(update=False))
-
-    def _forward_kernel(self) -> jax.Array:
-        return _normalized(self.kernel[...], self.sigma(update=True))
-
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
         """Certified ℓp constant of the effective kernel on ``input_shape`` = (H, W, C)."""
         p = self._p(p)
@@ -110,10 +109,3 @@ class SpectralConv(ConvBase):
         return conv_bound(
             self.effective_kernel(), hw, p, strides=self.strides, padding=self.padding
         )
-
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
-        p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
-        if p != 2:
-            return self.lipschitz_bound(input_shape, p=p)
-        self.output_shape(input_shape)
-        return const_bound(1.0, "estimate")
