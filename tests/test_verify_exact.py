@@ -217,3 +217,47 @@ def test_dead_and_duplicate_units():
             np.testing.assert_allclose(float(res), truth, rtol=1e-9)
         else:
             assert res.bound.kind == "upper"
+
+
+def test_a_sliver_region_is_never_dropped():
+    # Units x1 + x2 and x1 + (1+u)x2 (u one ulp) are not parallel: the regions where exactly
+    # one is on are slivers of relative width ~1e-16, and there f has gradient ±(1, 1(+u)).
+    # Elsewhere the gradient is 0 or (0, −u): dropping the slivers gives ~1e-16.
+    one_up = np.nextafter(1.0, 2.0)
+    ws = [np.array([[1.0, 1.0], [1.0, one_up]]), np.array([[1.0], [-1.0]])]
+    for p, truth in ((2, np.hypot(1.0, one_up)), ("inf", 1.0 + one_up), (1, one_up)):
+        res = exact_lipschitz(ws, p=p)
+        assert res.bound.kind in ("exact", "upper")
+        assert float(res) >= truth
+        if res.bound.kind == "exact":
+            np.testing.assert_allclose(float(res), truth, rtol=1e-14)
+
+
+def test_float32_weights_are_the_same_network():
+    ws32 = [w.astype(np.float32) for w in _net(11, [4, 3, 3, 2])]
+    ws64 = [w.astype(np.float64) for w in ws32]
+    for p in (2, "inf"):
+        a, b = exact_lipschitz(ws32, p=p), exact_lipschitz(ws64, p=p)
+        assert float(a) == float(b) and a.bound.kind == b.bound.kind == "exact"
+        np.testing.assert_allclose(float(a), brute_force(ws64, p), rtol=1e-9)
+
+
+def test_negated_and_identical_units_are_decided_exactly():
+    # [W, −W] (the CReLU rewriting) and exact copies: the impossible sign combinations are
+    # proved empty (Gordan certificates), so the answer stays exact.
+    ws = _net(12, [4, 3, 2])
+    for w1, w2 in (
+        (np.c_[ws[0], -ws[0]], np.r_[ws[1], 0.5 * ws[1]]),
+        (np.c_[ws[0], ws[0] * 4.0], np.r_[ws[1], -ws[1]]),
+    ):
+        for p in (2, "inf", 1):
+            res = exact_lipschitz([w1, w2], p=p)
+            assert res.bound.kind == "exact" and res.details["uncertain_regions"] == 0
+            np.testing.assert_allclose(float(res), brute_force([w1, w2], p), rtol=1e-9)
+
+
+def test_unit_scales_beyond_float64_are_refused():
+    # unit 0 reaches the output with gain 1e-600, unit 1 with 1e300: no float64 holds both
+    ws = [np.array([[1e-300, 1.0]]), np.array([[1e-300], [1e300]])]
+    with pytest.raises(ValueError, match="weights\\[1\\] spans too many orders"):
+        exact_lipschitz(ws)
