@@ -44,6 +44,29 @@ def _lp(rows_f: np.ndarray):
     return -float(res.fun), res.x[:n], -np.asarray(res.ineqlin.marginals, dtype=np.float64)
 
 
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.where(norms > 0, norms, 1.0)
+
+
+def _equilibrate(a: np.ndarray, rounds: int = 4) -> np.ndarray:
+    """Column scales s > 0 (u = s·v) making the rows of a·diag(s) of comparable entries.
+
+    A region that is a sliver of the box ‖u‖∞ ≤ 1 only because the coordinates have very
+    different scales is thick in the rescaled box; the cone itself is unchanged (s > 0).
+    """
+    s = np.ones(a.shape[1])
+    mag = np.abs(a)
+    for _ in range(rounds):
+        m = _unit_rows(mag * s)
+        hi = m.max(axis=0)
+        lo = np.where(m > 0, m, np.inf).min(axis=0)
+        ok = (hi > 0) & np.isfinite(lo)
+        s[ok] /= np.sqrt(hi[ok] * lo[ok])
+        s /= s.max()
+    return s
+
+
 def _holds(rows_i: list, u: np.ndarray) -> bool:
     """Every exact row has a strictly positive product with u (u exactly, as a dyadic vector)."""
     ui, _ = as_ints(u)
@@ -129,16 +152,18 @@ def search(weights, on_off_i, ks, p, full_rank):
             if z * sign > 0:
                 return "exists", u
         new = [*rows_i, [sign * v for v in row]]
-        stats["lps"] += 1
-        out = _lp(np.stack([row_direction(np.asarray(r, dtype=object)) for r in new]))
-        if out is None:
-            return "uncertain", None
-        t, v, y = out
-        if t > 0 and _holds(new, v):
-            return "exists", v
-        if _empty(new, y):
-            stats["empty_certified"] += 1
-            return "empty", None
+        rows_f = np.stack([row_direction(np.asarray(r, dtype=object)) for r in new])
+        for scale in (np.ones(rows_f.shape[1]), _equilibrate(rows_f)):
+            stats["lps"] += 1
+            out = _lp(_unit_rows(rows_f * scale))
+            if out is None:
+                continue
+            t, v, y = out
+            if t > 0 and _holds(new, v * scale):
+                return "exists", v * scale
+            if _empty(new, y):
+                stats["empty_certified"] += 1
+                return "empty", None
         return "uncertain", None
 
     def visit(layer, unit, prefix, coeffs, rows_i, u, current, done):
