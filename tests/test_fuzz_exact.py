@@ -70,7 +70,9 @@ def _truth_full_rank(ws, p, activation):
 
 
 def _truth_plane(ws, p, activation):
-    """Angular sweep: split [0, 2π) at every zero crossing, layer by layer."""
+    """Angular sweep: split [0, 2π) at every zero crossing, layer by layer; each sector's
+    Jacobian is taken by a forward pass at its midpoint (a crossing computed twice, from two
+    roundings of one line, leaves a sector one ulp wide: its midpoint still lies in a region)."""
     sectors = [(0.0, 2 * math.pi, ws[0])]  # (start, end, c): pre-activations z = x @ c
     for w_next in ws[1:]:
         out = []
@@ -87,7 +89,9 @@ def _truth_plane(ws, p, activation):
                     d = (np.array([math.cos(mid), math.sin(mid)]) @ c > 0).astype(np.float64)
                     out.append((lo, hi, c @ _through(w_next, d, activation)))
         sectors = out
-    return max(np.linalg.norm(j, ORD[p]) for _, _, j in sectors)
+    mids = [0.5 * (lo + hi) for lo, hi, _ in sectors]
+    return max(np.linalg.norm(_jacobian_at(ws, np.array([math.cos(t), math.sin(t)]), activation),
+                              ORD[p]) for t in mids)
 
 
 def _truth_line(ws, p, activation):
