@@ -128,3 +128,18 @@ def full_column_rank(w: np.ndarray) -> bool:
         return False
     s = np.linalg.svd(w, compute_uv=False)
     return bool(s[-1] > 100.0 * max(n0, n1) * np.finfo(np.float64).eps * s[0])
+
+
+def signs_match(ints: list[tuple[np.ndarray, int]], x: np.ndarray, patterns, activation: str):
+    """Whether x lies in the region of ``patterns``: every pre-activation of the (integer)
+    network at x, computed exactly, is > 0 where the pattern is 1 and ≤ 0 where it is 0 (= 0
+    only for units that vanish on the whole region, which the search records as 0)."""
+    h, _ = as_ints(np.asarray(x, dtype=np.float64))
+    for (w, _), d in zip(ints[:-1], patterns, strict=True):
+        z = h @ w
+        if any((v > 0) != bool(di) or (v < 0 and di) for v, di in zip(z, d, strict=True)):
+            return False
+        relu = [max(v, 0) for v in z]
+        h = np.array({"relu": relu, "abs": [abs(v) for v in z],
+                      "crelu": relu + [max(-v, 0) for v in z]}[activation], dtype=object)
+    return True

@@ -57,14 +57,11 @@ from liplax.verify._exact_prep import (
     as_ints,
     full_column_rank,
     normalize,
+    signs_match,
     to_float,
 )
-from liplax.verify._exact_prep import (
-    on_off_maps as _on_off,
-)
-from liplax.verify._exact_prep import (
-    through as _through,
-)
+from liplax.verify._exact_prep import on_off_maps as _on_off
+from liplax.verify._exact_prep import through as _through
 from liplax.verify._exact_regions import search
 from liplax.verify.adapters import check_chain, weights_from_list
 
@@ -270,7 +267,8 @@ def exact_lipschitz(
       not decide a region whose Jacobian is the largest, or the MILP stopped short of its gap;
       see the module docstring); ``details`` has the maximizing ``patterns`` (one 0/1 array per
       hidden layer; dead units 0), a ``point`` x inside that region (None for an undecided
-      region; every pre-activation of x has the pattern's sign), the method and its counts.
+      region or a float64 point that its exact check put outside; every pre-activation of x has
+      the pattern's sign), the method and its counts.
 
     Raises:
       TooLarge: the enumeration would exceed ``max_patterns`` (the message gives the count).
@@ -317,7 +315,9 @@ def exact_lipschitz(
         if found[1] is None or unsure[0] > found[0] * (1.0 + 64 * np.finfo(np.float64).eps):
             kind, found = "upper", unsure
         _, patterns, u = found
-        point = None if u is None else (u @ np.linalg.pinv(w1) if full_rank else u)
+        point = None if u is None else (_to_input(w1, u) if full_rank else u)
+    if point is not None and not signs_match(ints, point, patterns, activation):
+        point = None  # the float64 point missed the region (it is no part of the result)
     # the chosen region's Jacobian, formed exactly and rounded once
     k_total = sum(k for _, k in ints)
     jac = ints[0][0]
@@ -342,6 +342,15 @@ def exact_lipschitz(
         **info,
     }
     return VerifierResult(as_bound(value, kind), "optimal", details)
+
+
+def _to_input(w1: np.ndarray, z1: np.ndarray) -> np.ndarray:
+    """x with x @ W1 ≈ z1 (W1 of full column rank), refined twice against rounding."""
+    pinv = np.linalg.pinv(w1)
+    x = z1 @ pinv
+    for _ in range(2):
+        x = x + (z1 - x @ w1) @ pinv
+    return x
 
 
 def _unpack(pattern: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
