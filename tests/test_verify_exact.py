@@ -261,3 +261,12 @@ def test_unit_scales_beyond_float64_are_refused():
     ws = [np.array([[1e-300, 1.0]]), np.array([[1e-300], [1e300]])]
     with pytest.raises(ValueError, match="weights\\[1\\] spans too many orders"):
         exact_lipschitz(ws)
+
+
+@pytest.mark.parametrize("activation", ["relu", "abs", "crelu"])
+def test_a_layer_of_dead_units_gives_zero(activation):
+    ws = _net(13, [3, 2, 2, 1], activation)
+    ws[1] = np.zeros_like(ws[1])  # the second hidden layer never sees its input: f ≡ 0
+    for p in (2, "inf", 1):
+        res = exact_lipschitz(ws, p=p, activation=activation)
+        assert res.bound.kind == "exact" and float(res) == 0.0
