@@ -102,3 +102,19 @@ def test_lipsdp_argument_errors():
         lipsdp(ws, solver="MOSEK")
     with pytest.raises(ValueError, match="inputs"):
         lipsdp([ws[0], ws[0]])
+
+
+@pytest.mark.parametrize("solver", ["SCS", "CLARABEL"])
+@pytest.mark.parametrize("dims", [[6, 5, 3], [5, 4, 4, 2], [3, 6, 2]])
+def test_lipsdp_abs_slopes_bound_the_exact_constant(dims, solver):
+    """slopes=(−1, 1) (|·|): the LMI decouples and its optimum sits on the boundary of the
+    hidden block; the certificate must still give a bound ≥ the exact constant."""
+    from liplax.verify import exact_lipschitz
+
+    for seed in (2, 3):
+        ws = _net(seed, dims)
+        exact = exact_lipschitz(ws, p=2, activation="abs")
+        res = lipsdp(ws, slopes=(-1.0, 1.0), solver=solver)
+        assert res.bound.kind == "upper" and exact.bound.kind == "exact"
+        assert float(res) >= float(exact)
+        assert float(res) <= 1.5 * float(exact)  # and still a useful bound

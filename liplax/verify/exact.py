@@ -8,21 +8,31 @@ rows acting on relu(z)/relu(−z)). The p→p constant is the largest ‖J‖_{p
 that exist (Jordan & Dimakis 2020 cast the local version as a MILP; Virmaux & Scaman 2018 note
 the NP-hardness). Three methods:
 
-- one hidden layer and W1 of full row rank (x ↦ x@W1 onto): every pattern is a region.
+First the network is put in a scale-free form, exactly (:mod:`liplax.verify._exact_prep`):
+every hidden unit rescaled by a power of two (σ(c·z) = c·σ(z), c > 0; the factor moves into
+the next layer), dead units (zero columns) removed, the overall scale 2^E kept apart. Nothing
+below depends on how the layers or units were scaled (to float64 rounding of the scaling the
+caller did).
+
+- one hidden layer and W1 provably of full row rank (x ↦ x@W1 onto, shown from the SVD with a
+  margin for its rounding): every pattern is a region.
   ``"enumerate"``: all 2^n patterns, vectorized in float64; in ℓ2 each
   ‖W1 L(D)‖₂² = λ_max(L(D)ᵀ (W1ᵀW1) L(D)) (the same input reduction as LipSDP), in ℓ1/ℓ∞
   J(D) = W1 L(off) + Σ_k D_k W1[:,k] ⊗ (on − off)[k] split into high and low bits.
   ``"milp"`` (ℓ1/ℓ∞, for widths beyond enumeration): one MILP per output (ℓ∞) or input (ℓ1)
   over binary patterns δ and the dual-norm ball, with big-M products δ_k·y_k; HiGHS to a
   relative gap of 1e-9 (its big-M relaxation is weak: expect minutes at width 20).
-- ``"regions"`` (any depth and rank): depth-first search over units, keeping the patterns
-  whose cone is non-empty. A cone {u : σ_k c_k·u > 0} is non-empty iff {σ_k c_k·u ≥ 1} is
-  feasible (it is a cone), an LP (HiGHS); a witness point of the parent decides one child
-  without an LP. A unit whose pre-activation vanishes on the whole region changes nothing and
-  is not branched on.
+- ``"regions"`` (any depth and rank, :mod:`liplax.verify._exact_regions`): depth-first search
+  over units, in exact integer arithmetic on the normalized weights. A region is counted when a
+  point of it is checked exactly, dropped when a Gordan certificate (y ≥ 0, Σ y_i s_i c_i = 0)
+  proves it empty, and otherwise kept as *uncertain* (LPs in float64 only propose points and
+  certificates). A unit whose coefficient is exactly zero on a region is not branched on.
 
-Guarantee: ``exact`` (up to float64 rounding, the MILP gap of 1e-9 and the LP tolerances deciding
-that a region exists: every region counted has a witness point checked in float64).
+Guarantee: ``exact`` up to float64 rounding (of each region's Jacobian, formed exactly and
+rounded once, and of its norm) and, for ``"milp"``, HiGHS's gap. Where an uncertain region's
+Jacobian is larger than every counted one, or HiGHS stops short of its gap, the result is of
+kind ``upper`` instead (the uncertain regions are included, so it is never below the truth).
+Weights whose unit scales cannot be moved exactly within float64's exponent range are refused.
 """
 
 from __future__ import annotations
@@ -43,36 +53,22 @@ from liplax.verify._common import (
     psd_sqrt,
     require,
 )
+from liplax.verify._exact_prep import (
+    as_ints,
+    full_column_rank,
+    normalize,
+    signs_match,
+    to_float,
+)
+from liplax.verify._exact_prep import on_off_maps as _on_off
+from liplax.verify._exact_prep import through as _through
+from liplax.verify._exact_regions import search
 from liplax.verify.adapters import check_chain, weights_from_list
 
 require("scipy")
 from scipy import optimize, sparse  # noqa: E402
 
-# Derivative of each output component of σ(z) on z > 0 and on z < 0 (CReLU has two components,
-# concatenated on the feature axis: (relu(z), relu(−z))).
-_DERIVATIVES = {
-    "relu": ((1.0,), (0.0,)),
-    "abs": ((1.0,), (-1.0,)),
-    "crelu": ((1.0, 0.0), (0.0, -1.0)),
-}
 _CHUNK = 1 << 14
-
-
-def _on_off(weights: list[np.ndarray], activation: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each hidden layer, the next weight seen through σ' when a unit is on / off (n × n')."""
-    on, off = _DERIVATIVES[activation]
-    out = []
-    for w, nxt in zip(weights[:-1], weights[1:], strict=True):
-        n = w.shape[1]
-        blocks = [nxt[c * n : (c + 1) * n] for c in range(len(on))]
-        out.append((sum(r * b for r, b in zip(on, blocks, strict=True)),
-                    sum(r * b for r, b in zip(off, blocks, strict=True))))
-    return out
-
-
-def _through(on_off: tuple[np.ndarray, np.ndarray], pattern: np.ndarray) -> np.ndarray:
-    e_on, e_off = on_off
-    return e_off + pattern[:, None] * (e_on - e_off)
 
 
 def _bit_patterns(n: int, start: int, stop: int) -> np.ndarray:
@@ -187,7 +183,12 @@ def _max_bilinear(a, alpha, beta, gap):
 
 
 def _milp_one_hidden(w1, on_off, p, gap):
-    """ℓ∞: max_j max_{t,δ} t·(W1 L(δ))[:, j]; ℓ1: max_i max_{s,δ} (W1 L(δ))[i]·s; each a MILP."""
+    """ℓ∞: max_j max_{t,δ} t·(W1 L(δ))[:, j]; ℓ1: max_i max_{s,δ} (W1 L(δ))[i]·s; each a MILP.
+
+    Each MILP is rescaled (y_k by its big-M, the objective to largest coefficient 1): HiGHS's
+    tolerances are absolute. The value is recomputed from the pattern found; if it falls short of
+    HiGHS's dual bound by more than the gap, the caller returns that bound as ``upper``.
+    """
     e_on, e_off = on_off
     diff = e_on - e_off
     if p == math.inf:  # column j of W1 L(δ): Σ_k (t@W1)_k (δ_k diff_kj + off_kj)
@@ -196,91 +197,24 @@ def _milp_one_hidden(w1, on_off, p, gap):
     else:  # row i of W1 L(δ): Σ_k W1_ik (δ_k diff_k + off_k)·s
         problems = [(diff.T, w1[i], e_off.T @ w1[i]) for i in range(w1.shape[0])]
         caps = np.abs(w1) @ np.maximum(np.abs(e_on).sum(1), np.abs(e_off).sum(1))
-    best, best_pattern, upper, solved = -1.0, None, 0.0, 0
+    best, best_pattern, upper, solved = -1.0, np.zeros(w1.shape[1]), 0.0, 0
     for i in np.argsort(-caps, kind="stable"):
         if caps[i] <= best:  # a cheap cap on this output's (input's) value: nothing to gain
             break
-        delta, dual = _max_bilinear(*problems[i], gap)
+        a, alpha, beta = problems[i]
+        big = np.abs(a).sum(axis=0)  # y_k/M_k ∈ [−1, 1] and α_k·M_k: every big-M is 1
+        big[big == 0] = 1.0
+        a, alpha = a / big, alpha * big
+        scale = max(float(np.abs(alpha).max()), float(np.abs(beta).max()))
+        if scale == 0.0:
+            continue
+        delta, dual = _max_bilinear(a, alpha / scale, beta / scale, gap)
         solved += 1
-        upper = max(upper, dual)
+        upper = max(upper, dual * scale)
         value = induced_norm(w1 @ _through(on_off, delta), p)
         if value > best:
             best, best_pattern = value, delta
-    return [best_pattern], {"milps": solved, "milp_upper": max(upper, best)}
-
-
-def _region_lp(rows: list[np.ndarray]) -> np.ndarray | None:
-    """A point u with rows @ u ≥ 1 (HiGHS), or None when there is none."""
-    a = np.asarray(rows)
-    res = optimize.linprog(
-        np.zeros(a.shape[1]),
-        A_ub=-a,
-        b_ub=-np.ones(a.shape[0]),
-        bounds=[(None, None)] * a.shape[1],
-        method="highs",
-    )
-    if res.status == 2:
-        return None
-    if res.status != 0:
-        raise SolverError(f"exact_lipschitz: region LP status {res.status} ({res.message})")
-    if np.min(a @ res.x) <= 0.5:
-        raise SolverError("exact_lipschitz: region LP returned a point outside its cone")
-    return res.x
-
-
-def _enumerate_regions(w1, on_off, p, full_rank):
-    """Depth-first search over the activation regions that exist (see module docstring)."""
-    n1 = w1.shape[1]
-    if full_rank:
-        basis = np.eye(n1)  # u = z1 = x @ W1 ranges over all of R^n1
-    else:
-        _, s, vt = np.linalg.svd(w1, full_matrices=False)
-        basis = vt[: int(np.sum(s > s[0] * max(w1.shape) * np.finfo(np.float64).eps))]
-    gram = w1.T @ w1
-    n_hidden = len(on_off)
-    tiny = 1e-12 * max(1.0, float(np.abs(w1).max()))
-    stats = {"regions": 0, "lps": 0}
-    best = {"sq": -1.0, "patterns": None, "u": None}
-
-    def score(k: np.ndarray) -> float:
-        if p == 2:
-            return float(np.linalg.eigvalsh(k.T @ gram @ k)[-1])
-        return induced_norm(w1 @ k, p)
-
-    def visit(layer, unit, prefix, coeffs, rows, u, current, done):
-        width = coeffs.shape[1]
-        if unit == width:
-            pattern = np.asarray(current, dtype=np.float64)
-            k = prefix @ _through(on_off[layer], pattern)
-            if layer + 1 == n_hidden:
-                stats["regions"] += 1
-                sq = score(k)
-                if sq > best["sq"]:
-                    best.update(sq=sq, patterns=[*done, pattern], u=u)
-                return
-            visit(layer + 1, 0, k, basis @ k, rows, u, [], [*done, pattern])
-            return
-        c = coeffs[:, unit]
-        if np.linalg.norm(c) <= tiny:  # z ≡ 0 on this region: on/off give the same map
-            visit(layer, unit + 1, prefix, coeffs, rows, u, [*current, 0.0], done)
-            return
-        side = float(c @ u)
-        for sign in (1.0, -1.0):
-            new_rows = [*rows, sign * c]
-            if layer == 0 and full_rank:
-                v = u.copy()
-                v[unit] = sign  # first-layer signs are independent coordinates
-            elif sign * side > 0:
-                v = u * max(1.0, 1.0 / (sign * side))  # the parent's witness, scaled
-            else:
-                stats["lps"] += 1
-                v = _region_lp(new_rows)
-                if v is None:
-                    continue
-            visit(layer, unit + 1, prefix, coeffs, new_rows, v, [*current, float(sign > 0)], done)
-
-    visit(0, 0, np.eye(n1), basis, [], np.zeros(basis.shape[0]), [], [])
-    return best["patterns"], best["u"] @ basis, stats
+    return [best_pattern], {"milps": solved, "milp_upper": max(upper, best, 0.0)}
 
 
 METHODS = ("auto", "enumerate", "milp", "regions")
@@ -329,26 +263,39 @@ def exact_lipschitz(
       mip_rel_gap: relative optimality gap asked of the MILP.
 
     Returns:
-      :class:`VerifierResult` with an ``exact`` bound; ``details`` has the maximizing
-      ``patterns`` (one 0/1 array per hidden layer), a witness ``point`` x inside that region
-      (first-layer pre-activations x@W1 of magnitude ≥ 1), the method and its counts.
+      :class:`VerifierResult` with an ``exact`` bound (``upper`` where the region search could
+      not decide a region whose Jacobian is the largest, or the MILP stopped short of its gap;
+      see the module docstring); ``details`` has the maximizing ``patterns`` (one 0/1 array per
+      hidden layer; dead units 0), a ``point`` x inside that region (None for an undecided
+      region or a float64 point that its exact check put outside; every pre-activation of x has
+      the pattern's sign), the method and its counts.
 
     Raises:
       TooLarge: the enumeration would exceed ``max_patterns`` (the message gives the count).
       SolverError: a MILP/LP did not reach optimality.
+      ValueError: bad arguments, or unit scales beyond float64's exponent range.
     """
     p = check_p(p, "exact_lipschitz")
-    ws = weights_from_list(weights)
-    check_chain(ws, activation)
+    ws_given = weights_from_list(weights)
+    check_chain(ws_given, activation)
     if isinstance(max_patterns, bool) or not isinstance(max_patterns, int) or max_patterns < 1:
         raise ValueError(f"max_patterns must be a positive int, got {max_patterns!r}")
+    norm = normalize(ws_given, activation)
+    ws = norm.weights
+    widths = [w.shape[1] for w in ws[:-1]]
+    t0 = time.perf_counter()
+    if min(widths) == 0:  # a layer of dead units: f is constant
+        patterns = [np.zeros(w.shape[1]) for w in ws_given[:-1]]
+        details = {"method": "dead", "patterns": patterns, "point": np.zeros(ws[0].shape[0]),
+                   "time_s": 0.0, "full_row_rank": False}
+        return VerifierResult(as_bound(0.0, "exact"), "optimal", details)
     on_off = _on_off(ws, activation)
     w1 = ws[0]
     n1 = w1.shape[1]
-    widths = [w.shape[1] for w in ws[:-1]]
-    full_rank = int(np.linalg.matrix_rank(w1)) == n1
+    full_rank = full_column_rank(w1)
     method = _choose_method(method, p, len(ws) == 2 and full_rank, n1, max_patterns)
-    t0 = time.perf_counter()
+    ints = [as_ints(w) for w in ws]
+    kind, info = "exact", {}
     if method == "enumerate":
         enumerate_ = _enumerate_l2 if p == 2 else functools.partial(_enumerate_l1inf, p=p)
         patterns, info = enumerate_(w1, on_off[0], max_patterns=max_patterns, widths=widths)
@@ -360,20 +307,54 @@ def exact_lipschitz(
         worst = 1 << sum(widths)
         if worst > max_patterns:
             raise _too_large("the region search may visit", worst, max_patterns, widths)
-        patterns, z1, info = _enumerate_regions(w1, on_off, p, full_rank)
-        point = z1 @ np.linalg.pinv(w1)
-    jac = w1
-    for layer, pattern in zip(on_off, patterns, strict=True):
-        jac = jac @ _through(layer, pattern)
-    value = induced_norm(jac, p)
+        on_off_i = _on_off([m for m, _ in ints], activation)
+        found, unsure, info = search(ws, on_off_i, [k for _, k in ints], p, full_rank)
+        if found[1] is None and unsure[1] is None:
+            raise SolverError("exact_lipschitz: the region search found no region")
+        # a region neither shown to exist nor to be empty, with a larger Jacobian: upper bound
+        if found[1] is None or unsure[0] > found[0] * (1.0 + 64 * np.finfo(np.float64).eps):
+            kind, found = "upper", unsure
+        _, patterns, u = found
+        point = None if u is None else (_to_input(w1, u) if full_rank else u)
+    if point is not None and not signs_match(ints, point, patterns, activation):
+        point = None  # the float64 point missed the region (it is no part of the result)
+    # the chosen region's Jacobian, formed exactly and rounded once
+    k_total = sum(k for _, k in ints)
+    jac = ints[0][0]
+    for layer, pattern in zip(_on_off([m for m, _ in ints], activation), patterns, strict=True):
+        jac = jac @ _through(layer, np.asarray(pattern, dtype=np.int64).astype(object))
+    value = induced_norm(to_float(jac, k_total), p)
+    if method == "milp" and value < info["milp_upper"] * (1.0 - 2.0 * mip_rel_gap) - 1e-300:
+        # HiGHS stopped short of the gap: its dual bound (plus a margin for its tolerances)
+        kind, value = "upper", info["milp_upper"] * (1.0 + 1e-6)
+    value = float(np.ldexp(value, norm.exponent))
     if math.isnan(value):
         raise SolverError("exact_lipschitz: the constant evaluated to nan")
+    if math.isinf(value):
+        kind = "upper"
     details = {
         "method": method,
-        "patterns": patterns,
+        "patterns": [_unpack(d, keep, w.shape[1])
+                     for d, keep, w in zip(patterns, norm.live, ws_given[:-1], strict=True)],
         "point": point,
         "time_s": time.perf_counter() - t0,
         "full_row_rank": full_rank,
         **info,
     }
-    return VerifierResult(as_bound(value, "exact"), "optimal", details)
+    return VerifierResult(as_bound(value, kind), "optimal", details)
+
+
+def _to_input(w1: np.ndarray, z1: np.ndarray) -> np.ndarray:
+    """x with x @ W1 ≈ z1 (W1 of full column rank), refined twice against rounding."""
+    pinv = np.linalg.pinv(w1)
+    x = z1 @ pinv
+    for _ in range(2):
+        x = x + (z1 - x @ w1) @ pinv
+    return x
+
+
+def _unpack(pattern: np.ndarray, keep: np.ndarray, n: int) -> np.ndarray:
+    """A pattern over the live units, spread over all n units (dead units: 0)."""
+    out = np.zeros(n)
+    out[keep] = pattern
+    return out

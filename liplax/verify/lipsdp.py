@@ -21,7 +21,12 @@ LMI from n0 + N to n1 + N (784-20-10: 40 instead of 804).
 **Soundness.** The solver only proposes λ. The returned bound is recomputed in float64 from
 those multipliers: ρ from the Schur complement of the hidden block (which must be negative
 definite), then raised until λ_max(M(ρ, λ)) ≤ −τ, τ a bound on the eigenvalue solver's backward
-error, so that M(ρ, λ) ⪯ 0 holds for the exact matrix. Guarantee: ``upper``.
+error, so that M(ρ, λ) ⪯ 0 holds for the exact matrix. Where the solver's optimum leaves the
+hidden block singular (always for |·|, slopes (−1, 1): α + β = 0 splits the LMI into an input
+block and a hidden block −2T + (A_Lᵀ A_L, 2A_{l+1}ᵀT_{l+1}A_{l+1} terms) that nothing pushes
+inside), the SDP is solved again asking the hidden block to be ⪯ −m·I, m = 1e-7·‖W_L‖₂² and
+larger if needed, which costs O(m) in the bound and leaves multipliers that certify.
+Guarantee: ``upper``.
 """
 
 from __future__ import annotations
@@ -100,6 +105,32 @@ def _certify(base, f, e, n0, lam):
     return None
 
 
+# Margins (relative to ‖W_L‖₂²) asked of the hidden block, −margin·I, tried in turn. The optimum
+# of LipSDP can sit where the hidden block is singular (for |·|, α + β = 0, the LMI splits into
+# the input block and a hidden block with nothing pushing it inside), and a singular block cannot
+# be certified in float64; a small margin moves the multipliers inside at a cost of O(margin).
+_MARGINS = (0.0, 1e-7, 1e-5, 1e-3)
+
+
+def _solve(base, f, e, margin, solver, options):
+    """min ρ s.t. M(ρ, λ) + margin·blkdiag(0, I_N) ⪯ 0, λ ≥ 0; SolverError unless optimal."""
+    size, n_hid = base.shape[0], f.shape[0]
+    rho = cp.Variable(nonneg=True)
+    lam = cp.Variable(n_hid, nonneg=True)
+    shift = np.zeros((size, size))
+    shift[size - n_hid :, size - n_hid :] = margin * np.eye(n_hid)
+    affine = (base + shift).reshape(-1) + f.reshape(n_hid, -1).T @ lam - e.reshape(-1) * rho
+    m = cp.reshape(affine, (size, size), order="C")
+    problem = cp.Problem(cp.Minimize(rho), [(m + m.T) / 2.0 << 0])
+    try:
+        problem.solve(solver=solver, **options)
+    except cp.error.SolverError as err:
+        raise SolverError(f"lipsdp: solver {solver} failed: {err}") from err
+    if problem.status != cp.OPTIMAL:
+        raise SolverError(f"lipsdp: solver {solver} returned status {problem.status!r}; no bound")
+    return problem, rho, lam
+
+
 def lipsdp(
     weights,
     *,
@@ -142,31 +173,27 @@ def lipsdp(
         reduce = ws[0].shape[1] < ws[0].shape[0]
     t0 = time.perf_counter()
     base, f, e, n0 = _lmi_pieces(ws, (alpha, beta), reduce)
-    size, n_hid = base.shape[0], f.shape[0]
-    rho = cp.Variable(nonneg=True)
-    lam = cp.Variable(n_hid, nonneg=True)
-    affine = base.reshape(-1) + f.reshape(n_hid, -1).T @ lam - e.reshape(-1) * rho
-    m = cp.reshape(affine, (size, size), order="C")
-    problem = cp.Problem(cp.Minimize(rho), [(m + m.T) / 2.0 << 0])
-    try:
-        problem.solve(solver=solver, **{**_DEFAULT_OPTIONS[solver], **(solver_options or {})})
-    except cp.error.SolverError as err:
-        raise SolverError(f"lipsdp: solver {solver} failed: {err}") from err
-    status = problem.status
-    if status != cp.OPTIMAL:
-        raise SolverError(f"lipsdp: solver {solver} returned status {status!r}; no bound")
-    multipliers = np.clip(np.asarray(lam.value, dtype=np.float64), 0.0, None)
-    certified = _certify(base, f, e, n0, multipliers)
-    if certified is None:
+    options = {**_DEFAULT_OPTIONS[solver], **(solver_options or {})}
+    scale = max(float(np.linalg.eigvalsh(base)[-1]), np.finfo(np.float64).tiny)
+    for margin in _MARGINS:  # the first that the float64 check certifies
+        problem, rho, lam = _solve(base, f, e, margin * scale, solver, options)
+        multipliers = np.clip(np.asarray(lam.value, dtype=np.float64), 0.0, None)
+        certified = _certify(base, f, e, n0, multipliers)
+        if certified is not None:
+            break
+    else:
         raise SolverError(
-            f"lipsdp: solver {solver} reported {status!r} but its multipliers do not certify a "
-            "bound (hidden block not negative definite); try the other solver"
+            f"lipsdp: solver {solver} reported {problem.status!r} but its multipliers do not "
+            f"certify a bound (hidden block not negative definite, also with margins "
+            f"{_MARGINS[1:]}·‖W_L‖²); try the other solver"
         )
+    status = problem.status
     details = {
         "rho_solver": float(rho.value),
         "rho": certified,
         "multipliers": multipliers,
-        "lmi_size": size,
+        "lmi_size": base.shape[0],
+        "hidden_margin": margin * scale,
         "reduced": reduce,
         "solver": solver,
         "solve_time_s": problem.solver_stats.solve_time,
