@@ -8,7 +8,9 @@ Inputs (any number, mixed):
 - a directory: every orbax pytree checkpoint below it (each folder holding a ``_METADATA``
   file, e.g. ``<step>/<item>`` of a ``CheckpointManager``); every array leaf of rank 2 (dense)
   or rank 4 (conv HWIO) is swept, named by its folder and key path (``--match`` keeps only the
-  names containing a string, e.g. ``kernel``, leaving out optimizer moments).
+  names containing a string, e.g. ``kernel``). Optimizer state (leaves under ``opt_state`` or
+  named ``mu``/``nu``: Adam's moments have the kernels' shapes and names) is left out unless
+  ``--optimizer-state`` is given.
 
 Kernels of one shape are stacked and swept with :func:`liplax.sweep.sweep` (one vmapped call per
 block of ``--chunk-size`` kernels, progress on stderr). ``--op`` picks the operator:
@@ -43,28 +45,31 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from liplax import conv, linalg
-from liplax.sweep import sweep
-
+# JAX and the bound modules load when a sweep runs, not when ``liplax`` builds its parser.
 OPS = ("exact", "gram", "power", "inf", "one")
-DENSE_OPS = {
-    "exact": (linalg.spectral_norm, "exact"),
-    "gram": (linalg.gram_bound, "upper"),
-    "power": (linalg.power_iteration, "estimate"),
-    "inf": (linalg.norm_inf, "exact"),
-    "one": (linalg.norm_1, "exact"),
-}
-CONV_OPS = {
-    "exact": (conv.exact_spectral_norm, "exact"),
-    "gram": (conv.gram_bound, "upper"),
-    "power": (conv.power_iteration, "estimate"),
-    "inf": (conv.norm_inf, "upper"),
-    "one": (conv.norm_1, "upper"),
-}
+
+
+def _ops(layer: str) -> dict:
+    """``{op: (function of one kernel, guarantee)}`` for ``dense`` or ``conv`` kernels."""
+    from liplax import conv, linalg
+
+    if layer == "dense":
+        return {
+            "exact": (linalg.spectral_norm, "exact"),
+            "gram": (linalg.gram_bound, "upper"),
+            "power": (linalg.power_iteration, "estimate"),
+            "inf": (linalg.norm_inf, "exact"),
+            "one": (linalg.norm_1, "exact"),
+        }
+    return {
+        "exact": (conv.exact_spectral_norm, "exact"),
+        "gram": (conv.gram_bound, "upper"),
+        "power": (conv.power_iteration, "estimate"),
+        "inf": (conv.norm_inf, "upper"),
+        "one": (conv.norm_1, "upper"),
+    }
 COLUMNS = ("source", "name", "index", "shape", "layer", "op", "guarantee", "value")
 
 
@@ -112,7 +117,16 @@ def _key_name(path) -> str:
     return "/".join(parts)
 
 
-def _read_checkpoints(root: Path, note) -> list[Entry]:
+_OPTIMIZER_LEAF = re.compile(r"(^|[/_])(opt_state|mu|nu)([/_]|$)")
+
+
+def is_optimizer_leaf(name: str) -> bool:
+    """Whether a checkpoint leaf name is optimizer state (``opt_state``, Adam's ``mu``/``nu``)."""
+    return _OPTIMIZER_LEAF.search(name) is not None
+
+
+def _read_checkpoints(root: Path, note, optimizer_state: bool = False) -> list[Entry]:
+    import jax
     import orbax.checkpoint as ocp  # a dependency of liplax; imported only when needed
 
     dirs = _checkpoint_dirs(root)
@@ -121,7 +135,7 @@ def _read_checkpoints(root: Path, note) -> list[Entry]:
             f"{root}: a directory must hold orbax pytree checkpoints (folders with a _METADATA "
             "file, e.g. <step>/<item> of a CheckpointManager); found none"
         )
-    entries = []
+    entries, skipped = [], 0
     for d in dirs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # orbax warns when restoring without a target
@@ -132,22 +146,30 @@ def _read_checkpoints(root: Path, note) -> list[Entry]:
             if arr is None:
                 continue
             name = "/".join(s for s in (rel if rel != "." else "", _key_name(path)) if s)
+            if not optimizer_state and is_optimizer_leaf(_key_name(path)):
+                skipped += 1
+                continue
             entry = _as_entry(str(root), name, arr, (2, 4))
             if entry is not None:
                 entries.append(entry)
-    note(f"{root}: {len(dirs)} checkpoint item(s), {len(entries)} kernel(s) of rank 2 or 4")
+    note(f"{root}: {len(dirs)} checkpoint item(s), {len(entries)} kernel(s) of rank 2 or 4"
+         + (f" ({skipped} optimizer-state leaves left out; --optimizer-state keeps them)"
+            if skipped else ""))
     return entries
 
 
-def read_inputs(paths, note) -> list[Entry]:
-    """All kernels of ``paths`` (see the module docstring); SweepInputError naming a bad file."""
+def read_inputs(paths, note, *, optimizer_state: bool = False) -> list[Entry]:
+    """All kernels of ``paths`` (see the module docstring); SweepInputError naming a bad file.
+
+    ``optimizer_state``: also read checkpoint leaves that are optimizer state (default: not).
+    """
     entries: list[Entry] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise SweepInputError(f"{raw}: no such file or directory")
         try:
-            found = _read_one(path, raw, note)
+            found = _read_one(path, raw, note, optimizer_state)
         except (OSError, ValueError) as err:
             if isinstance(err, SweepInputError):
                 raise
@@ -161,10 +183,10 @@ def read_inputs(paths, note) -> list[Entry]:
     return entries
 
 
-def _read_one(path: Path, raw: str, note) -> list[Entry]:
+def _read_one(path: Path, raw: str, note, optimizer_state: bool) -> list[Entry]:
     """The kernels of one input path (a .npy/.npz file or a checkpoint directory)."""
     if path.is_dir():
-        return _read_checkpoints(path, note)
+        return _read_checkpoints(path, note, optimizer_state)
     if path.suffix == ".npy":
         entry = _as_entry(str(path), path.stem, np.load(path, allow_pickle=False), (2, 3, 4, 5))
         return [] if entry is None else [entry]
@@ -202,9 +224,11 @@ def _padding(text: str):
 
 def operator(args, kernel_shape: tuple[int, ...]):
     """(fn of one kernel → value, layer, guarantee) for ``--op`` on kernels of this shape."""
+    import jax
+
     key = jax.random.key(args.seed)
     if len(kernel_shape) == 2:
-        fn, kind = DENSE_OPS[args.op]
+        fn, kind = _ops("dense")[args.op]
         if args.op == "gram":
             return partial(fn, num_iters=args.iters or 6), "dense", kind
         if args.op == "power":
@@ -217,7 +241,7 @@ def operator(args, kernel_shape: tuple[int, ...]):
         )
     hw, padding = tuple(args.input_size), _padding(args.padding)
     st = tuple(args.stride) if len(args.stride) == 2 else (args.stride[0],) * 2
-    fn, kind = CONV_OPS[args.op]
+    fn, kind = _ops("conv")[args.op]
     if args.op == "exact":
         if padding != "CIRCULAR":
             raise SweepInputError(
@@ -278,6 +302,10 @@ def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: st
     """fn over every kernel, one :func:`sweep` call per block of ``block`` kernels (the last
     block padded with copies of its last kernel, so every block has one shape and compiles
     once); progress after each block."""
+    import jax.numpy as jnp
+
+    from liplax.sweep import sweep
+
     total = kernels.shape[0]
     block = total if block is None else min(block, total)
     out = []
@@ -403,6 +431,8 @@ def add_parser(subparsers) -> None:
                    help="keep only kernels whose name contains this string (e.g. kernel)")
     p.add_argument("--out", default=None, metavar="TABLE",
                    help="table.json or table.csv (format from the suffix); JSON on stdout if unset")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="also sweep optimizer-state leaves of checkpoints (Adam's mu/nu)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -415,7 +445,11 @@ def run(args) -> int:
 
     try:
         _check_args(args)
-        entries = read_inputs(args.inputs, note)
+        from liplax.jaxcache import enable_compilation_cache
+
+        enable_compilation_cache()
+        entries = read_inputs(args.inputs, note,
+                              optimizer_state=getattr(args, "optimizer_state", False))
         if args.match is not None:
             entries = [e for e in entries if args.match in e.name]
             if not entries:

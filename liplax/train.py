@@ -51,7 +51,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import liplax
-from liplax import bounds, certify, data, losses
+from liplax import bounds, data, losses
 from liplax.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -60,6 +60,7 @@ from liplax.checkpoint import (
     tree_bytes,
 )
 from liplax.configs import Config, build_model
+from liplax.evaluation import Progress, Stages, layer_gains, make_evaluator
 
 PyTree = Any
 
@@ -237,105 +238,7 @@ def chunk_batch_indices(
 # ----------------------------------------------------------------------------- evaluation
 
 
-EVAL_BATCH = 500
-
-
-def _make_evaluator(run: Run):
-    """evaluate(state, x, y, key) → metrics; two compilations per run, whatever the data size.
-
-    ``bounds_fn`` (trivial bound, lower bound) is jitted once; logits and certified radii are
-    computed in fixed batches of :data:`EVAL_BATCH` (the last one padded, padding dropped), so
-    the periodic evaluations on a subset and the final one on the whole test set share it.
-    """
-    gd, config, p = run.eval_graphdef, run.config, run.config.p
-
-    @jax.jit
-    def bounds_fn(params, rest, xs, key):
-        model = nnx.merge(gd, params, rest)
-        upper = bounds.trivial_bound(model, run.input_shape, p=p)
-
-        def single(x):
-            return model(x[None])[0]
-
-        lb = certify.lipschitz_lower_bound(
-            single, xs, key=key, p=p, steps=config.lower_steps, restarts=config.lower_restarts
-        )
-        # Adam ascent on the exact local norm ‖J(x)‖ from the origin, data points, the witness
-        # above and random points: every value is attained, so a lower bound.
-        k_data, k_rand = jax.random.split(jax.random.fold_in(key, 1))
-        chosen = jax.random.choice(k_data, xs.shape[0], (config.lower_restarts,), replace=False)
-        noise = jax.random.uniform(k_rand, (config.lower_restarts, *xs.shape[1:]), xs.dtype)
-        starts = jnp.concatenate(
-            [jnp.zeros_like(xs[:1]), lb.point[None], xs[chosen], noise], axis=0
-        )
-        asc = certify.local_norm_ascent(single, starts, p=p, steps=config.lower_steps)
-        lower = jnp.maximum(lb.value, asc.value)
-        return upper, lower
-
-    @jax.jit
-    def batch_fn(params, rest, upper, x, y):
-        logits = nnx.merge(gd, params, rest)(x)
-        correct = jnp.argmax(logits, -1) == y
-        return correct, certify.certified_radius(logits, y, upper, p=p)
-
-    def evaluate(state: TrainState, x, y, key) -> dict:
-        upper, lower = bounds_fn(state.params, state.rest, x[:256], key)
-        n = len(y)
-        pad = (-n) % EVAL_BATCH
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-        correct, radius = [], []
-        for i in range(0, n + pad, EVAL_BATCH):
-            c, r = batch_fn(state.params, state.rest, upper, xp[i:i + EVAL_BATCH],
-                            yp[i:i + EVAL_BATCH])
-            correct.append(np.asarray(c))
-            radius.append(np.asarray(r))
-        correct = np.concatenate(correct)[:n]
-        radius = np.concatenate(radius)[:n]
-        up, lo = float(upper.value), float(lower)
-        return {
-            "clean_accuracy": float(np.mean(correct)),
-            "lipschitz_upper": up,
-            "upper_kind": upper.kind,
-            "lipschitz_lower": lo,
-            "tightness": up / lo if lo > 0 else math.inf,
-            # Certified at ε: radius > ε (margin > c·L·ε); the radius is 0 when misclassified.
-            "certified_accuracy": {_eps_key(e): float(np.mean(radius > e)) for e in config.eps},
-        }
-
-    return evaluate
-
-
-def _eps_key(e: float) -> str:
-    return f"{e:g}"
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """tqdm bar with live metrics, or nothing (quiet)."""
-
-    def __init__(self, total: int, initial: int, quiet: bool, desc: str):
-        self.bar = None
-        if not quiet:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
-                            dynamic_ncols=True, file=sys.stderr)
-
-    def update(self, n: int, postfix: dict) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(n)
-
-    def write(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# make_evaluator, the progress bar and the per-layer gains live in liplax.evaluation.
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -358,9 +261,11 @@ def _mesh(devices: int | None, batch_size: int) -> Mesh | None:
     )
 
 
-def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset) -> dict:
+def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset,
+          elapsed: float) -> dict:
     return {
         "format": 1,
+        "elapsed_seconds": round(elapsed, 3),
         "liplax_version": liplax.__version__,
         "config": config.to_dict(),
         "step": int(step),
@@ -436,15 +341,20 @@ def train(
       out_dir: output folder (checked writable with room to spare before anything starts).
       dataset: the data (default: ``liplax.data.load(config.dataset, data_dir)``).
       resume: continue from the newest readable checkpoint in ``out_dir``. Without it, a folder
-        that already holds checkpoints is refused (nothing is overwritten).
-      quiet: no progress bar (metrics still go to ``metrics.jsonl``).
+        that already holds checkpoints is refused (nothing is overwritten). A finished run
+        (its last checkpoint at ``config.steps`` and its ``report.json`` written) is returned
+        as it is: nothing is re-evaluated or rewritten.
+      quiet: no progress bar or stage lines (metrics still go to ``metrics.jsonl``).
       devices: number of local devices for data parallelism (default: all).
       stop_after: stop (after checkpointing) once this many steps are done, without the final
         evaluation: for tests of resumption; ``None`` runs to ``config.steps``.
     Returns:
-      the report dict (keys :data:`REPORT_KEYS` and more).
+      the report dict (keys :data:`REPORT_KEYS` and more). ``seconds`` is the wall time of the
+      whole run, summed over the sessions of a resumed run (each checkpoint records the time so
+      far); ``train_seconds`` the time spent in training steps alone.
     """
     t_start = time.perf_counter()
+    earlier = 0.0  # wall seconds of the sessions before a resume, up to their last checkpoint
     dataset = dataset if dataset is not None else data.load(config.dataset, data_dir)
     out = Path(out_dir)
     run = init_run(config, dataset.input_shape, dataset.num_classes)
@@ -479,6 +389,14 @@ def train(
                 )
             state = flat_to_state(flat, state)
             history = [h for h in meta["history"] if h["step"] <= step0]
+            earlier = float(meta.get("elapsed_seconds", 0.0))
+            finished = _finished_report(out, step0, config)
+            if finished is not None:
+                store.close()
+                if not quiet:
+                    print(f"liplax: {str(out)!r} is a finished run ({step0} steps); its "
+                          f"report.json is unchanged", file=sys.stderr)
+                return finished
     atomic_write_text(progress_log, "".join(json.dumps(h) + "\n" for h in history))
 
     mesh = _mesh(devices, config.batch_size)
@@ -488,7 +406,7 @@ def train(
         replicated = NamedSharding(mesh, P())
         state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
     chunk = _make_chunk(run, len(dataset.y_train), mesh)
-    evaluate = _make_evaluator(run)
+    evaluate = make_evaluator(run)
     x_test = jnp.asarray(dataset.x_test)
     y_test = jnp.asarray(dataset.y_test, jnp.int32)
     x_eval, y_eval = x_test[: config.eval_examples], y_test[: config.eval_examples]
@@ -496,7 +414,7 @@ def train(
 
     step = int(state.step)
     last = config.steps if stop_after is None else min(config.steps, int(stop_after))
-    bar = _Progress(config.steps, step, quiet, desc=config.name)
+    bar = Progress(config.steps, step, quiet, desc=config.name)
     train_seconds = sum(h.get("chunk_seconds", 0.0) for h in history)
     try:
         while step < last:
@@ -510,48 +428,78 @@ def train(
             step += n
             entry = {"step": step, **metrics, "chunk_seconds": round(dt, 4)}
             if step % config.eval_every == 0 and step < config.steps:
-                entry.update(evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step)))
+                ev = evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step))
+                ev.pop("_witness")
+                entry.update(ev)
                 _check_finite(entry, step - n, n, store, out)
             history.append(entry)
             with open(progress_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
             postfix = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['train_accuracy']:.3f}"}
-            if config.penalty == "log":
-                postfix["bound≈"] = f"{math.exp(metrics['penalty']):.3g}"
+            if config.penalty == "log":  # the penalty's warm power-iteration estimate
+                postfix["L_est"] = f"{math.exp(metrics['penalty']):.3g}"
             if "lipschitz_upper" in entry:
-                postfix.update(L=f"{entry['lipschitz_upper']:.3g}",
+                postfix.update(L_cert=f"{entry['lipschitz_upper']:.3g}",
                                tight=f"{entry['tightness']:.3f}")
             bar.update(n, postfix)
             if step % config.checkpoint_every == 0 or step == last:
-                store.save(step, state_to_flat(state), _meta(config, history, step, dataset))
+                elapsed = earlier + time.perf_counter() - t_start
+                store.save(step, state_to_flat(state),
+                           _meta(config, history, step, dataset, elapsed))
     finally:
         bar.close()
     if step < config.steps:  # stopped early on request
         store.close()
         return {"steps": step, "stopped": True}
 
-    final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
+    stage = Stages(quiet)
+    with stage(f"certified bound, lower-bound search and accuracy on {len(y_test)} test examples"):
+        final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
+    witness = final.pop("_witness")
     _check_finite(final, step - 1, 1, store, out)
     model = eval_model(run, state)
-    final["layer_bounds"] = [
-        {"layer": name, "value": float(b.value), "kind": b.kind}
-        for name, b in bounds.layer_bounds(model, run.input_shape, p=config.p)
-    ]
+    with stage("per-layer bounds and gains"):
+        final["layer_bounds"] = _layer_rows(model, run.input_shape, config.p, witness)
     final["devices"] = 1 if mesh is None else mesh.size
     history_final = {"step": config.steps, "final": True, **{k: v for k, v in final.items()
                                                              if k != "layer_bounds"}}
     history = [h for h in history if not h.get("final")] + [history_final]
-    report = _report(run, final, history, dataset, time.perf_counter() - t_start, step)
+    report = _report(run, final, history, dataset, earlier + time.perf_counter() - t_start, step)
     report["train_seconds"] = round(train_seconds, 3)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     store.close()
     try:
         from liplax.report import plot_history
 
-        plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}")
+        with stage("training.png"):
+            plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}",
+                         layers=report["layer_bounds"])
     except ImportError as e:  # matplotlib missing: the report stands without its plot
         warnings.warn(f"no training plot: {e}", stacklevel=2)
     return report
+
+
+def _layer_rows(model, input_shape, p: float, witness) -> list[dict]:
+    """Each top-level layer's certified bound and its gain attained along the lower bound's
+    witness direction (:func:`liplax.evaluation.layer_gains`)."""
+    rows = bounds.layer_bounds(model, input_shape, p=p)
+    gains = layer_gains(model, witness, p=p)
+    return [
+        {"layer": name, "value": float(b.value), "kind": b.kind, "attained_gain": g}
+        for (name, b), g in zip(rows, gains, strict=True)
+    ]
+
+
+def _finished_report(out: Path, step: int, config: Config) -> dict | None:
+    """The report of a finished run in ``out`` (last checkpoint at ``config.steps`` and a
+    readable ``report.json`` of that many steps), else ``None``."""
+    if step != config.steps:
+        return None
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if report.get("steps") == config.steps else None
 
 
 # ----------------------------------------------------------------------------- loading runs
