@@ -34,33 +34,41 @@ import functools
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import liplax
-from liplax import bounds, data, losses
+from liplax import bounds, data
 from liplax.checkpoint import (
-    CheckpointError,
     CheckpointStore,
     atomic_write_text,
     check_output_dir,
     tree_bytes,
 )
-from liplax.configs import Config, build_model
+from liplax.configs import Config
 from liplax.evaluation import Progress, Stages, layer_gains, make_evaluator
+from liplax.runstate import (  # re-exported: liplax.train is where users and tests look
+    Run,
+    TrainState,
+    eval_model,
+    flat_to_state,
+    init_run,
+    load_run,
+    loss_function,
+    make_optimizer,
+    penalty_weight,
+    state_to_flat,
+)
 
 PyTree = Any
 
@@ -68,96 +76,6 @@ REPORT_KEYS = (
     "lipschitz_upper", "lipschitz_lower", "tightness", "clean_accuracy", "certified_accuracy",
     "p", "dataset", "config", "steps", "seconds",
 )
-
-
-class TrainState(NamedTuple):
-    """The pytree a checkpoint holds (``key``: raw key data of the run's base PRNG key)."""
-
-    step: jax.Array
-    params: PyTree
-    rest: PyTree
-    opt_state: PyTree
-    key: jax.Array
-
-
-class Run(NamedTuple):
-    """A model and its training state rebuilt from a config (see :func:`init_run`)."""
-
-    config: Config
-    graphdef: Any
-    eval_graphdef: Any
-    state: TrainState
-    tx: optax.GradientTransformation
-    input_shape: tuple[int, ...]
-    num_classes: int
-
-
-# ----------------------------------------------------------------------------- set-up
-
-
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """optax optimizer with linear warm-up then cosine decay of the learning rate to 0."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if config.lr_warmup else config.learning_rate,
-        peak_value=config.learning_rate,
-        warmup_steps=config.lr_warmup,
-        decay_steps=max(config.steps, config.lr_warmup + 1),
-        end_value=0.0,
-    )
-    if config.optimizer == "adam":
-        if config.weight_decay:
-            return optax.adamw(schedule, weight_decay=config.weight_decay)
-        return optax.adam(schedule)
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule, momentum=0.9)
-    )
-
-
-def penalty_weight(config: Config, step: jax.Array) -> jax.Array:
-    """λ(t) = λ·min(1, t / penalty_warmup) (λ from the start when the warm-up is 0)."""
-    if config.penalty == "none":
-        return jnp.zeros((), jnp.float32)
-    lam = jnp.asarray(config.penalty_weight, jnp.float32)
-    if config.penalty_warmup == 0:
-        return lam
-    return lam * jnp.minimum(1.0, step.astype(jnp.float32) / config.penalty_warmup)
-
-
-def loss_function(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The config's data loss with its parameters bound."""
-    params = {
-        "ce": {},
-        "offset_ce": {"offset": config.offset, "temperature": config.temperature},
-        "hinge": {"margin": config.margin},
-        "hkr": {"alpha": config.alpha, "margin": config.margin},
-    }[config.loss]
-    return losses.get_loss(config.loss, **params)
-
-
-def init_run(config: Config, input_shape, num_classes: int) -> Run:
-    """Build the model, split it, and initialize the optimizer: a fresh training state."""
-    key = jax.random.key(config.seed)
-    model_key = jax.random.fold_in(key, 0)
-    model = build_model(config, input_shape, num_classes, rngs=nnx.Rngs(params=model_key))
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    model.eval()
-    eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-    tx = make_optimizer(config)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        rest=rest,
-        opt_state=tx.init(params),
-        key=jax.random.key_data(key),
-    )
-    return Run(config, graphdef, eval_graphdef, state, tx, tuple(input_shape), int(num_classes))
-
-
-def eval_model(run: Run, state: TrainState | None = None) -> nnx.Module:
-    """The model of ``state`` (default: the run's) in evaluation mode (state frozen)."""
-    st = run.state if state is None else state
-    return nnx.merge(run.eval_graphdef, st.params, st.rest)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -274,22 +192,6 @@ def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset,
                     "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes},
         "data_order": "liplax.data.batch_indices(fold_in(key(seed), 1), n_train, batch_size, step)",
     }
-
-
-def _leafname(i: int, path) -> str:
-    return f"{i:04d}_" + re.sub(r"[^A-Za-z0-9]+", "_", jax.tree_util.keystr(path)).strip("_")
-
-
-def state_to_flat(state: TrainState) -> dict[str, np.ndarray]:
-    """The state as ``{ordered name: array}``, the form checkpoints store (plain folder names)."""
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
-    return {_leafname(i, path): np.asarray(x) for i, (path, x) in enumerate(leaves)}
-
-
-def flat_to_state(flat: dict, like: TrainState) -> TrainState:
-    """Inverse of :func:`state_to_flat` with ``like``'s structure."""
-    treedef = jax.tree.structure(like)
-    return jax.tree.unflatten(treedef, [jnp.asarray(flat[k]) for k in sorted(flat)])
 
 
 def _report(run: Run, final: dict, history: list[dict], dataset: data.Dataset, seconds: float,
@@ -502,52 +404,8 @@ def _finished_report(out: Path, step: int, config: Config) -> dict | None:
     return report if report.get("steps") == config.steps else None
 
 
-# ----------------------------------------------------------------------------- loading runs
-
-
-def load_run(path: str | os.PathLike, *, step: int | None = None) -> tuple[Run, dict]:
-    """Rebuild a trained model from a run folder (or its ``checkpoints/`` folder).
-
-    Returns ``(run, meta)`` where ``run.state`` holds the newest readable checkpoint (or
-    ``step``) and ``meta`` its JSON metadata (config, history, dataset description).
-    """
-    folder = Path(path)
-    if folder.name == "checkpoints":
-        folder = folder.parent
-    elif folder.parent.name == "checkpoints" and folder.name.isdigit():
-        step = int(folder.name) if step is None else step
-        folder = folder.parent.parent
-    if not (folder / "checkpoints").is_dir():
-        raise CheckpointError(
-            f"{str(path)!r}: not a liplax run folder (expected a 'checkpoints' folder inside)"
-        )
-    store = CheckpointStore(folder)
-    steps = store.steps()
-    if not steps:
-        raise CheckpointError(f"{str(folder / 'checkpoints')!r} holds no complete checkpoint")
-    # The config comes from the newest metadata; the state is then restored with its shapes.
-    meta_step = steps[-1] if step is None else step
-    meta = _read_meta(folder / "checkpoints" / str(meta_step))
-    config = Config.from_dict(meta["config"])
-    ds = meta["dataset"]
-    run = init_run(config, tuple(ds["input_shape"]), int(ds["num_classes"]))
-    like = state_to_flat(run.state)
-    if step is None:
-        found = store.restore_latest(like)
-        if found is None:
-            raise CheckpointError(f"{str(folder)!r} holds no readable checkpoint")
-        _, flat, meta = found
-    else:
-        if step not in steps:
-            raise CheckpointError(f"{str(folder)!r} has no checkpoint {step}; it has {steps}")
-        flat, meta = store.restore(step, like)
-    store.close()
-    return run._replace(state=flat_to_state(flat, run.state)), meta
-
-
-def _read_meta(step_dir: Path) -> dict:
-    path = step_dir / "meta" / "metadata"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{str(path)!r}: unreadable checkpoint metadata ({e})") from None
+__all__ = [
+    "REPORT_KEYS", "Run", "TrainState", "chunk_batch_indices", "eval_model", "flat_to_state",
+    "init_run", "load_run", "loss_function", "make_optimizer", "penalty_weight",
+    "state_to_flat", "train",
+]
