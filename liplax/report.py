@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 
 def _log_axis(ax, values: Sequence[float]) -> None:
-    """A log y axis with plain-number ticks (1, 2, 5 × 10ᵏ), or linear when the range is small."""
+    """A log y axis with plain-number ticks (1, 2, 5 × 10ᵏ), or linear below a decade."""
     from matplotlib import ticker
 
     vals = [v for v in values if v > 0 and math.isfinite(v)]
-    if not vals or max(vals) / min(vals) < 3:
+    if not vals or max(vals) / min(vals) < 10:
         return  # a narrow range reads better on a linear axis
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -81,6 +81,7 @@ def plot_history(
             ax_l.plot([h["step"] for h in chunks], [h["loss"] for h in chunks], color="C2", lw=1.2,
                       label="training loss (mean over each chunk)")
             ax_l.legend(loc="best", framealpha=0.9)
+            _log_axis(ax_l, [h["loss"] for h in chunks])
         _panel(ax_l, "b", "training loss")
         ax_l.set_ylabel("loss")
         _panel(ax_a, "c", "test accuracy")
