@@ -13,6 +13,12 @@
   truth from the SVD of the materialized operator where it is small enough to build.
 Errors (bad config, missing data, unreadable checkpoint, unwritable ``--out``) print one line
 ``liplax: error: ...`` and exit with status 2.
+
+Latency: JAX, Flax and the bound modules are imported by the command that needs them, after
+its arguments are checked, so ``liplax --help`` and refused arguments (a ``--out`` that holds a
+run, a bad ``--set``) answer in a fraction of a second. Commands that compile turn on JAX's
+persistent compilation cache first (:mod:`liplax.jaxcache`: ``$LIPLAX_CACHE_DIR``, default
+``~/.cache/liplax/jax``, ``off`` to disable).
 """
 
 from __future__ import annotations
