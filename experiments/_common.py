@@ -151,6 +151,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 def main(name: str, run: Callable[..., dict], description: str) -> None:
     """Command-line entry point: parse the arguments, run, say where the files went."""
     args = parser(description).parse_args()
+    from liplax.jaxcache import enable_compilation_cache
+
+    enable_compilation_cache()  # $LIPLAX_CACHE_DIR (or ~/.cache/liplax/jax; "off" disables)
     t0 = time.perf_counter()
     run(args.out, quick=args.quick, seed=args.seed)
     out = experiment_dir(args.out, name)

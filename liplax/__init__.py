@@ -8,17 +8,19 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.nn`: Lipschitz layers and activations for Flax NNX, each with its bound.
 - :mod:`liplax.bounds`: a network's trivial bound, its log form and its training penalty.
 - :mod:`liplax.certify`: certified radius and accuracy, empirical lower bounds, tightness.
-- :mod:`liplax.verify` (optional ``verify`` extra, imported on first use): LipSDP, LiPopt and
-  exact constants of small networks.
+- :mod:`liplax.verify` (optional ``verify`` extra): LipSDP, LiPopt and exact constants of small
+  networks.
 - :mod:`liplax.sweep`: one bound operator over a batch of weights or kernels (vmap, chunks, mesh);
   the bounds of many checkpoints of one architecture (``model_sweep``).
+
+Every submodule and name is imported on first access (PEP 562 module ``__getattr__``):
+``import liplax`` loads neither JAX nor Flax, so the ``liplax`` command answers ``--help`` and
+refuses bad arguments before paying for them.
 """
 
 import importlib
-
-from liplax import bounds, certify, conv, linalg, nn
-from liplax.guarantee import Bound, compose, require_certified
-from liplax.sweep import model_sweep, sweep
+import sys
+import types
 
 __all__ = [
     "Bound", "compose", "require_certified", "bounds", "certify", "conv", "linalg",
@@ -26,9 +28,44 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+_SUBMODULES = frozenset({
+    "bounds", "certify", "checkpoint", "cli", "configs", "conv", "data", "grouped", "guarantee",
+    "linalg", "losses", "nn", "report", "sweep_cli", "train", "verify",
+})
+_NAMES = {
+    "Bound": "liplax.guarantee", "compose": "liplax.guarantee",
+    "require_certified": "liplax.guarantee",
+    "sweep": "liplax.sweep", "model_sweep": "liplax.sweep",
+}
+
 
 def __getattr__(name: str):
-    # liplax.verify needs the solver extra (cvxpy, SciPy): imported on first access only.
-    if name == "verify":
-        return importlib.import_module("liplax.verify")
-    raise AttributeError(f"module 'liplax' has no attribute {name!r}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"liplax.{name}")
+    else:
+        raise AttributeError(f"module 'liplax' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES, *_SUBMODULES})
+
+
+class _Package(types.ModuleType):
+    """``liplax.sweep`` is the function :func:`liplax.sweep.sweep`, as it always was.
+
+    Importing the submodule ``liplax.sweep`` makes Python set the package attribute ``sweep`` to
+    the module; this keeps the function there instead (``from liplax.sweep import ...`` and
+    ``sys.modules['liplax.sweep']`` still give the module).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "sweep" and isinstance(value, types.ModuleType):
+            value = value.sweep
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

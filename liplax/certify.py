@@ -572,29 +572,53 @@ class Tightness(NamedTuple):
     upper: jax.Array
     lower: LowerBound
 
+    def __repr__(self) -> str:
+        # The witnesses are input-sized arrays: name their shape, never print them.
+        point = getattr(self.lower.point, "shape", None)
+        try:
+            r, u, lo = float(self.ratio), float(self.upper), float(self.lower.value)
+        except (TypeError, jax.errors.ConcretizationTypeError):  # traced: no values to show
+            return f"Tightness(ratio, upper, lower; witness shape {point})"
+        return (f"Tightness(ratio={r:.6g}, upper={u:.6g}, lower={lo:.6g}, "
+                f"witness shape {point})")
+
 
 def tightness(
-    model, xs, upper=None, *, key: jax.Array, p: float | str = 2, **lower_kwargs
+    model, xs, upper=None, *, key: jax.Array, p: float | str = 2, batched: bool | None = None,
+    **lower_kwargs,
 ) -> Tightness:
     """How loose an upper bound is on ``model``: upper / (best lower bound found near ``xs``).
 
     Args:
-      model: any callable (see :func:`lipschitz_lower_bound` for ``batched=True``).
-      xs: data points to start the search from.
+      model: a liplax/Flax NNX model (called on a batch, the Flax convention) or any callable
+        of one example.
+      xs: ``(n, ...)`` data points to start the search from.
       upper: the upper bound under test: a :class:`Bound` of kind ``exact``/``upper`` or a plain
         number. ``None`` (default): the model's trivial bound,
         ``liplax.bounds.trivial_bound(model, xs.shape[1:], p=p)`` (a liplax model). An
         ``estimate`` is refused.
+      batched: whether ``model`` takes a leading batch axis. ``None`` (default): yes for an
+        ``nnx.Module`` (its layers, ``Flatten`` first among them, expect one), no for any other
+        callable. Passed on to :func:`lipschitz_lower_bound`.
       key, p, lower_kwargs: passed to :func:`lipschitz_lower_bound`.
 
     Returns:
       :class:`Tightness` with the ratio, the upper value and the lower-bound witnesses. The ratio
       over-states the looseness by however much the lower bound falls short of the truth.
     """
+    from flax import nnx
+
+    if batched is None:
+        batched = isinstance(model, nnx.Module)
+    if upper is None and not isinstance(model, nnx.Module):
+        raise TypeError(
+            f"tightness: upper=None takes the trivial bound of a liplax model, but model is a "
+            f"{type(model).__name__}; pass upper= (a Bound or a number) for a plain callable"
+        )
     if upper is None:
         from liplax.bounds import trivial_bound  # imported on use: only this default needs it
 
         upper = trivial_bound(model, xs.shape[1:], p=p)
     up = _bound_value(upper, "upper")
-    lower = lipschitz_lower_bound(model, xs, key=key, p=p, **lower_kwargs)
+    lower = lipschitz_lower_bound(model, xs, key=key, p=p, batched=batched, **lower_kwargs)
     return Tightness(ratio=up / lower.value, upper=up, lower=lower)

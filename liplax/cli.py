@@ -13,6 +13,12 @@
   truth from the SVD of the materialized operator where it is small enough to build.
 Errors (bad config, missing data, unreadable checkpoint, unwritable ``--out``) print one line
 ``liplax: error: ...`` and exit with status 2.
+
+Latency: JAX, Flax and the bound modules are imported by the command that needs them, after
+its arguments are checked, so ``liplax --help`` and refused arguments (a ``--out`` that holds a
+run, a bad ``--set``) answer in a fraction of a second. Commands that compile turn on JAX's
+persistent compilation cache first (:mod:`liplax.jaxcache`: ``$LIPLAX_CACHE_DIR``, default
+``~/.cache/liplax/jax``, ``off`` to disable).
 """
 
 from __future__ import annotations
@@ -25,14 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from liplax import conv, linalg
+# JAX, Flax and the bound modules are imported inside the commands: ``liplax --help`` and
+# refused arguments (an existing --out, a bad --set) answer without loading them.
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    import jax
+
     jax.block_until_ready(fn())  # compile
     t0 = time.perf_counter()
     out = fn()
@@ -41,8 +46,13 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     return float(value), time.perf_counter() - t0
 
 
-def _materialized_norm(kernel: np.ndarray, hw: tuple[int, int], padding: str) -> float:
+def _materialized_norm(kernel, hw: tuple[int, int], padding: str) -> float:
     """σ₁ of the explicit operator (identity batch through the layer), float64 SVD."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from liplax import conv
+
     d = hw[0] * hw[1] * kernel.shape[2]
     eye = jnp.eye(d, dtype=jnp.float32).reshape(d, *hw, kernel.shape[2])
     mat = np.asarray(conv.apply(kernel, eye, padding=padding), np.float64).reshape(d, -1)
@@ -51,6 +61,11 @@ def _materialized_norm(kernel: np.ndarray, hw: tuple[int, int], padding: str) ->
 
 def norms_report(seed: int = 0) -> int:
     """Print the operator report; exit code 1 if any bound contradicts the truth."""
+    import jax
+    import numpy as np
+
+    from liplax import conv, linalg
+
     key = jax.random.key(seed)
     k_dense, k_small, k_big, k_pi = jax.random.split(key, 4)
     rows: list[tuple[str, str, str, float, float, float | None]] = []
@@ -124,8 +139,29 @@ def _p_arg(value: str) -> float:
     return p
 
 
+def _refuse_existing_out(out: Path, resume: bool) -> None:
+    """The cheap checks of ``--out`` that :func:`liplax.train.train` repeats, made before JAX loads.
+
+    A file is not a folder; a folder with complete checkpoints (orbax names them by their step,
+    unfinished ones carry a temporary suffix) is never overwritten without ``--resume``.
+    """
+    if out.exists() and not out.is_dir():
+        raise _CliError(f"--out {str(out)!r}: exists and is not a folder")
+    ckpt = out / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.is_dir() else []
+    if steps and not resume:
+        raise FileExistsError(
+            f"--out {str(out)!r} already holds checkpoints (steps {steps}); pass --resume to "
+            f"continue that run or choose another --out"
+        )
+
+
+class _CliError(OSError):
+    """A refused argument found before the library loads (same message as the library's)."""
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from liplax import configs, train
+    from liplax import configs
 
     overrides = list(args.set or [])
     if args.data is not None:
@@ -134,6 +170,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     config = configs.get_config(args.config, overrides)
     out = args.out or str(Path("runs") / config.name)
+    _refuse_existing_out(Path(out), args.resume)
+    cache = _enable_cache()
+    from liplax import train
+
     report = train.train(
         config, out, data_dir=args.data_dir, resume=args.resume, quiet=args.quiet,
         devices=args.devices,
@@ -147,24 +187,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"\n  certified accuracy ({'ℓ∞' if config.p == math.inf else 'ℓ2'}): {cert}"
             f"\n  {report['steps']} steps in {report['seconds']:.1f} s; written to {out}/ "
             f"(report.json, training.png, metrics.jsonl, checkpoints/)"
+            + (f"\n  compilation cache: {cache}" if cache is not None else "")
         )
     return 0
 
 
+def _enable_cache() -> Path | None:
+    from liplax.jaxcache import enable_compilation_cache
+
+    return enable_compilation_cache()
+
+
 def _load(args: argparse.Namespace):
+    run = Path(args.run)
+    if not run.exists():
+        raise _CliError(  # the message train.load_run gives, before JAX loads
+            f"{args.run!r}: not a liplax run folder (expected a 'checkpoints' folder inside)"
+        )
+    _enable_cache()
     from liplax import train
 
     return train.load_run(args.run)
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
-    from liplax import bounds, certify, data
-
     run, meta = _load(args)
+    import jax
+    import jax.numpy as jnp
+
+    from liplax import bounds, certify, data
+    from liplax.train import eval_model
+
     config = run.config
     p = config.p if args.p is None else args.p
     ds = data.load(config.dataset, args.data_dir)
-    model = __import__("liplax.train", fromlist=["eval_model"]).eval_model(run)
+    model = eval_model(run)
     upper = bounds.trivial_bound(model, run.input_shape, p=p)
     logits = jax.jit(lambda x: model(x))(jnp.asarray(ds.x_test))
     eps = list(args.eps) if args.eps else list(config.eps)
@@ -190,10 +247,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 
 def cmd_bound(args: argparse.Namespace) -> int:
+    run, meta = _load(args)
     from liplax import bounds
     from liplax.train import eval_model
 
-    run, meta = _load(args)
     p = run.config.p if args.p is None else args.p
     model = eval_model(run)
     rows = bounds.layer_bounds(model, run.input_shape, p=p)
@@ -251,30 +308,47 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bound)
 
-    try:
-        from liplax import sweep_cli
-    except ImportError:  # pragma: no cover - the module ships with the package
-        sweep_cli = None
-    if sweep_cli is not None:
-        sweep_cli.add_parser(sub)
+    from liplax import sweep_cli
+
+    sweep_cli.add_parser(sub)
 
     n = sub.add_parser("norms", help="every operator on a few layers, against the truth")
     n.add_argument("--seed", type=int, default=0)
-    n.set_defaults(func=lambda a: norms_report(a.seed))
+    n.set_defaults(func=_cmd_norms)
     return parser
+
+
+def _cmd_norms(args: argparse.Namespace) -> int:
+    _enable_cache()
+    return norms_report(args.seed)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (one line, status 2), not a bug (a traceback).
+
+    The library's own error classes count only once their module is loaded: an error of a
+    module that was never imported cannot have been raised.
+    """
+    errors: list[type[BaseException]] = [
+        ValueError, TypeError, FileExistsError, FloatingPointError, _CliError,
+    ]
+    for module, names in (("liplax.checkpoint", ("CheckpointError", "OutputError")),
+                          ("liplax.data", ("DataError",))):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            errors += [getattr(loaded, n) for n in names]
+    return tuple(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``liplax`` command; returns the exit status."""
-    from liplax.checkpoint import CheckpointError, OutputError
-    from liplax.data import DataError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, DataError, CheckpointError, OutputError, FileExistsError,
-            FloatingPointError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"liplax: error: {e}", file=sys.stderr)
         return 2
 

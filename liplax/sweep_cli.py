@@ -8,7 +8,9 @@ Inputs (any number, mixed):
 - a directory: every orbax pytree checkpoint below it (each folder holding a ``_METADATA``
   file, e.g. ``<step>/<item>`` of a ``CheckpointManager``); every array leaf of rank 2 (dense)
   or rank 4 (conv HWIO) is swept, named by its folder and key path (``--match`` keeps only the
-  names containing a string, e.g. ``kernel``, leaving out optimizer moments).
+  names containing a string, e.g. ``kernel``). Optimizer state (leaves under ``opt_state`` or
+  named ``mu``/``nu``: Adam's moments have the kernels' shapes and names) is left out unless
+  ``--optimizer-state`` is given.
 
 Kernels of one shape are stacked and swept with :func:`liplax.sweep.sweep` (one vmapped call per
 block of ``--chunk-size`` kernels, progress on stderr). ``--op`` picks the operator:
@@ -36,152 +38,42 @@ import argparse
 import csv
 import json
 import math
-import re
 import sys
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from liplax import conv, linalg
-from liplax.sweep import sweep
+from liplax.sweep_inputs import Entry, SweepInputError, is_optimizer_leaf, read_inputs
 
+# JAX and the bound modules load when a sweep runs, not when ``liplax`` builds its parser.
 OPS = ("exact", "gram", "power", "inf", "one")
-DENSE_OPS = {
-    "exact": (linalg.spectral_norm, "exact"),
-    "gram": (linalg.gram_bound, "upper"),
-    "power": (linalg.power_iteration, "estimate"),
-    "inf": (linalg.norm_inf, "exact"),
-    "one": (linalg.norm_1, "exact"),
-}
-CONV_OPS = {
-    "exact": (conv.exact_spectral_norm, "exact"),
-    "gram": (conv.gram_bound, "upper"),
-    "power": (conv.power_iteration, "estimate"),
-    "inf": (conv.norm_inf, "upper"),
-    "one": (conv.norm_1, "upper"),
-}
+
+
+def _ops(layer: str) -> dict:
+    """``{op: (function of one kernel, guarantee)}`` for ``dense`` or ``conv`` kernels."""
+    from liplax import conv, linalg
+
+    if layer == "dense":
+        return {
+            "exact": (linalg.spectral_norm, "exact"),
+            "gram": (linalg.gram_bound, "upper"),
+            "power": (linalg.power_iteration, "estimate"),
+            "inf": (linalg.norm_inf, "exact"),
+            "one": (linalg.norm_1, "exact"),
+        }
+    return {
+        "exact": (conv.exact_spectral_norm, "exact"),
+        "gram": (conv.gram_bound, "upper"),
+        "power": (conv.power_iteration, "estimate"),
+        "inf": (conv.norm_inf, "upper"),
+        "one": (conv.norm_1, "upper"),
+    }
 COLUMNS = ("source", "name", "index", "shape", "layer", "op", "guarantee", "value")
 
 
-class SweepInputError(ValueError):
-    """Bad input to ``liplax sweep``: reported on stderr with exit code 2."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """Kernels from one array: ``stacked`` (B, …) with B kernels of one shape."""
-
-    source: str
-    name: str
-    stacked: np.ndarray
-    was_stacked: bool
-
-
-# --------------------------------------------------------------------------------------------
-# Reading kernels.
-# --------------------------------------------------------------------------------------------
-
-
-def _as_entry(source: str, name: str, arr: np.ndarray, ranks: tuple[int, ...]) -> Entry | None:
-    if arr.ndim not in ranks or not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
-        return None
-    if arr.ndim in (2, 4):
-        return Entry(source, name, arr[None], False)
-    return Entry(source, name, arr, True)
-
-
-def _checkpoint_dirs(root: Path) -> list[Path]:
-    """Folders below ``root`` (inclusive) holding an orbax pytree item (a ``_METADATA`` file)."""
-    found = [p.parent for p in root.rglob("_METADATA")]
-
-    def natural(p: Path):
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p.relative_to(root)))]
-
-    return sorted(set(found), key=natural)
-
-
-def _key_name(path) -> str:
-    parts = []
-    for k in path:
-        parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-    return "/".join(parts)
-
-
-def _read_checkpoints(root: Path, note) -> list[Entry]:
-    import orbax.checkpoint as ocp  # a dependency of liplax; imported only when needed
-
-    dirs = _checkpoint_dirs(root)
-    if not dirs:
-        raise SweepInputError(
-            f"{root}: a directory must hold orbax pytree checkpoints (folders with a _METADATA "
-            "file, e.g. <step>/<item> of a CheckpointManager); found none"
-        )
-    entries = []
-    for d in dirs:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # orbax warns when restoring without a target
-            tree = ocp.PyTreeCheckpointer().restore(d.resolve())
-        rel = d.relative_to(root).as_posix()
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            arr = np.asarray(leaf) if hasattr(leaf, "shape") else None
-            if arr is None:
-                continue
-            name = "/".join(s for s in (rel if rel != "." else "", _key_name(path)) if s)
-            entry = _as_entry(str(root), name, arr, (2, 4))
-            if entry is not None:
-                entries.append(entry)
-    note(f"{root}: {len(dirs)} checkpoint item(s), {len(entries)} kernel(s) of rank 2 or 4")
-    return entries
-
-
-def read_inputs(paths, note) -> list[Entry]:
-    """All kernels of ``paths`` (see the module docstring); SweepInputError naming a bad file."""
-    entries: list[Entry] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise SweepInputError(f"{raw}: no such file or directory")
-        try:
-            found = _read_one(path, raw, note)
-        except (OSError, ValueError) as err:
-            if isinstance(err, SweepInputError):
-                raise
-            raise SweepInputError(f"{raw}: cannot be read ({type(err).__name__}: {err})") from err
-        if not found:
-            raise SweepInputError(
-                f"{raw}: holds no float array of usable rank (2: dense (in, out); 4: conv HWIO; "
-                "3 or 5: a stack of those in .npy/.npz)"
-            )
-        entries.extend(found)
-    return entries
-
-
-def _read_one(path: Path, raw: str, note) -> list[Entry]:
-    """The kernels of one input path (a .npy/.npz file or a checkpoint directory)."""
-    if path.is_dir():
-        return _read_checkpoints(path, note)
-    if path.suffix == ".npy":
-        entry = _as_entry(str(path), path.stem, np.load(path, allow_pickle=False), (2, 3, 4, 5))
-        return [] if entry is None else [entry]
-    if path.suffix != ".npz":
-        raise SweepInputError(
-            f"{raw}: expected a .npy or .npz file or an orbax checkpoint directory"
-        )
-    found = []
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            entry = _as_entry(str(path), key, z[key], (2, 3, 4, 5))
-            if entry is None:
-                note(f"{path}: skipping {key!r} (shape {z[key].shape}, {z[key].dtype}): "
-                     "not a float array of rank 2-5")
-            else:
-                found.append(entry)
-    return found
+# Reading the inputs lives in liplax.sweep_inputs (re-exported here).
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +94,11 @@ def _padding(text: str):
 
 def operator(args, kernel_shape: tuple[int, ...]):
     """(fn of one kernel → value, layer, guarantee) for ``--op`` on kernels of this shape."""
+    import jax
+
     key = jax.random.key(args.seed)
     if len(kernel_shape) == 2:
-        fn, kind = DENSE_OPS[args.op]
+        fn, kind = _ops("dense")[args.op]
         if args.op == "gram":
             return partial(fn, num_iters=args.iters or 6), "dense", kind
         if args.op == "power":
@@ -217,7 +111,7 @@ def operator(args, kernel_shape: tuple[int, ...]):
         )
     hw, padding = tuple(args.input_size), _padding(args.padding)
     st = tuple(args.stride) if len(args.stride) == 2 else (args.stride[0],) * 2
-    fn, kind = CONV_OPS[args.op]
+    fn, kind = _ops("conv")[args.op]
     if args.op == "exact":
         if padding != "CIRCULAR":
             raise SweepInputError(
@@ -278,6 +172,10 @@ def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: st
     """fn over every kernel, one :func:`sweep` call per block of ``block`` kernels (the last
     block padded with copies of its last kernel, so every block has one shape and compiles
     once); progress after each block."""
+    import jax.numpy as jnp
+
+    from liplax.sweep import sweep
+
     total = kernels.shape[0]
     block = total if block is None else min(block, total)
     out = []
@@ -403,6 +301,8 @@ def add_parser(subparsers) -> None:
                    help="keep only kernels whose name contains this string (e.g. kernel)")
     p.add_argument("--out", default=None, metavar="TABLE",
                    help="table.json or table.csv (format from the suffix); JSON on stdout if unset")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="also sweep optimizer-state leaves of checkpoints (Adam's mu/nu)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -415,7 +315,11 @@ def run(args) -> int:
 
     try:
         _check_args(args)
-        entries = read_inputs(args.inputs, note)
+        from liplax.jaxcache import enable_compilation_cache
+
+        enable_compilation_cache()
+        entries = read_inputs(args.inputs, note,
+                              optimizer_state=getattr(args, "optimizer_state", False))
         if args.match is not None:
             entries = [e for e in entries if args.match in e.name]
             if not entries:
@@ -434,4 +338,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["add_parser", "read_inputs", "run"]
+__all__ = ["Entry", "SweepInputError", "add_parser", "is_optimizer_leaf", "read_inputs", "run"]

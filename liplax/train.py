@@ -34,32 +34,41 @@ import functools
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import liplax
-from liplax import bounds, certify, data, losses
+from liplax import bounds, data
 from liplax.checkpoint import (
-    CheckpointError,
     CheckpointStore,
     atomic_write_text,
     check_output_dir,
     tree_bytes,
 )
-from liplax.configs import Config, build_model
+from liplax.configs import Config
+from liplax.evaluation import Progress, Stages, layer_gains, make_evaluator
+from liplax.runstate import (  # re-exported: liplax.train is where users and tests look
+    Run,
+    TrainState,
+    eval_model,
+    flat_to_state,
+    init_run,
+    load_run,
+    loss_function,
+    make_optimizer,
+    penalty_weight,
+    state_to_flat,
+)
 
 PyTree = Any
 
@@ -67,96 +76,6 @@ REPORT_KEYS = (
     "lipschitz_upper", "lipschitz_lower", "tightness", "clean_accuracy", "certified_accuracy",
     "p", "dataset", "config", "steps", "seconds",
 )
-
-
-class TrainState(NamedTuple):
-    """The pytree a checkpoint holds (``key``: raw key data of the run's base PRNG key)."""
-
-    step: jax.Array
-    params: PyTree
-    rest: PyTree
-    opt_state: PyTree
-    key: jax.Array
-
-
-class Run(NamedTuple):
-    """A model and its training state rebuilt from a config (see :func:`init_run`)."""
-
-    config: Config
-    graphdef: Any
-    eval_graphdef: Any
-    state: TrainState
-    tx: optax.GradientTransformation
-    input_shape: tuple[int, ...]
-    num_classes: int
-
-
-# ----------------------------------------------------------------------------- set-up
-
-
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """optax optimizer with linear warm-up then cosine decay of the learning rate to 0."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if config.lr_warmup else config.learning_rate,
-        peak_value=config.learning_rate,
-        warmup_steps=config.lr_warmup,
-        decay_steps=max(config.steps, config.lr_warmup + 1),
-        end_value=0.0,
-    )
-    if config.optimizer == "adam":
-        if config.weight_decay:
-            return optax.adamw(schedule, weight_decay=config.weight_decay)
-        return optax.adam(schedule)
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule, momentum=0.9)
-    )
-
-
-def penalty_weight(config: Config, step: jax.Array) -> jax.Array:
-    """λ(t) = λ·min(1, t / penalty_warmup) (λ from the start when the warm-up is 0)."""
-    if config.penalty == "none":
-        return jnp.zeros((), jnp.float32)
-    lam = jnp.asarray(config.penalty_weight, jnp.float32)
-    if config.penalty_warmup == 0:
-        return lam
-    return lam * jnp.minimum(1.0, step.astype(jnp.float32) / config.penalty_warmup)
-
-
-def loss_function(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The config's data loss with its parameters bound."""
-    params = {
-        "ce": {},
-        "offset_ce": {"offset": config.offset, "temperature": config.temperature},
-        "hinge": {"margin": config.margin},
-        "hkr": {"alpha": config.alpha, "margin": config.margin},
-    }[config.loss]
-    return losses.get_loss(config.loss, **params)
-
-
-def init_run(config: Config, input_shape, num_classes: int) -> Run:
-    """Build the model, split it, and initialize the optimizer: a fresh training state."""
-    key = jax.random.key(config.seed)
-    model_key = jax.random.fold_in(key, 0)
-    model = build_model(config, input_shape, num_classes, rngs=nnx.Rngs(params=model_key))
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    model.eval()
-    eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
-    tx = make_optimizer(config)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        rest=rest,
-        opt_state=tx.init(params),
-        key=jax.random.key_data(key),
-    )
-    return Run(config, graphdef, eval_graphdef, state, tx, tuple(input_shape), int(num_classes))
-
-
-def eval_model(run: Run, state: TrainState | None = None) -> nnx.Module:
-    """The model of ``state`` (default: the run's) in evaluation mode (state frozen)."""
-    st = run.state if state is None else state
-    return nnx.merge(run.eval_graphdef, st.params, st.rest)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -237,105 +156,7 @@ def chunk_batch_indices(
 # ----------------------------------------------------------------------------- evaluation
 
 
-EVAL_BATCH = 500
-
-
-def _make_evaluator(run: Run):
-    """evaluate(state, x, y, key) → metrics; two compilations per run, whatever the data size.
-
-    ``bounds_fn`` (trivial bound, lower bound) is jitted once; logits and certified radii are
-    computed in fixed batches of :data:`EVAL_BATCH` (the last one padded, padding dropped), so
-    the periodic evaluations on a subset and the final one on the whole test set share it.
-    """
-    gd, config, p = run.eval_graphdef, run.config, run.config.p
-
-    @jax.jit
-    def bounds_fn(params, rest, xs, key):
-        model = nnx.merge(gd, params, rest)
-        upper = bounds.trivial_bound(model, run.input_shape, p=p)
-
-        def single(x):
-            return model(x[None])[0]
-
-        lb = certify.lipschitz_lower_bound(
-            single, xs, key=key, p=p, steps=config.lower_steps, restarts=config.lower_restarts
-        )
-        # Adam ascent on the exact local norm ‖J(x)‖ from the origin, data points, the witness
-        # above and random points: every value is attained, so a lower bound.
-        k_data, k_rand = jax.random.split(jax.random.fold_in(key, 1))
-        chosen = jax.random.choice(k_data, xs.shape[0], (config.lower_restarts,), replace=False)
-        noise = jax.random.uniform(k_rand, (config.lower_restarts, *xs.shape[1:]), xs.dtype)
-        starts = jnp.concatenate(
-            [jnp.zeros_like(xs[:1]), lb.point[None], xs[chosen], noise], axis=0
-        )
-        asc = certify.local_norm_ascent(single, starts, p=p, steps=config.lower_steps)
-        lower = jnp.maximum(lb.value, asc.value)
-        return upper, lower
-
-    @jax.jit
-    def batch_fn(params, rest, upper, x, y):
-        logits = nnx.merge(gd, params, rest)(x)
-        correct = jnp.argmax(logits, -1) == y
-        return correct, certify.certified_radius(logits, y, upper, p=p)
-
-    def evaluate(state: TrainState, x, y, key) -> dict:
-        upper, lower = bounds_fn(state.params, state.rest, x[:256], key)
-        n = len(y)
-        pad = (-n) % EVAL_BATCH
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-        correct, radius = [], []
-        for i in range(0, n + pad, EVAL_BATCH):
-            c, r = batch_fn(state.params, state.rest, upper, xp[i:i + EVAL_BATCH],
-                            yp[i:i + EVAL_BATCH])
-            correct.append(np.asarray(c))
-            radius.append(np.asarray(r))
-        correct = np.concatenate(correct)[:n]
-        radius = np.concatenate(radius)[:n]
-        up, lo = float(upper.value), float(lower)
-        return {
-            "clean_accuracy": float(np.mean(correct)),
-            "lipschitz_upper": up,
-            "upper_kind": upper.kind,
-            "lipschitz_lower": lo,
-            "tightness": up / lo if lo > 0 else math.inf,
-            # Certified at ε: radius > ε (margin > c·L·ε); the radius is 0 when misclassified.
-            "certified_accuracy": {_eps_key(e): float(np.mean(radius > e)) for e in config.eps},
-        }
-
-    return evaluate
-
-
-def _eps_key(e: float) -> str:
-    return f"{e:g}"
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """tqdm bar with live metrics, or nothing (quiet)."""
-
-    def __init__(self, total: int, initial: int, quiet: bool, desc: str):
-        self.bar = None
-        if not quiet:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
-                            dynamic_ncols=True, file=sys.stderr)
-
-    def update(self, n: int, postfix: dict) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(n)
-
-    def write(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# make_evaluator, the progress bar and the per-layer gains live in liplax.evaluation.
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -358,9 +179,11 @@ def _mesh(devices: int | None, batch_size: int) -> Mesh | None:
     )
 
 
-def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset) -> dict:
+def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset,
+          elapsed: float) -> dict:
     return {
         "format": 1,
+        "elapsed_seconds": round(elapsed, 3),
         "liplax_version": liplax.__version__,
         "config": config.to_dict(),
         "step": int(step),
@@ -369,22 +192,6 @@ def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset)
                     "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes},
         "data_order": "liplax.data.batch_indices(fold_in(key(seed), 1), n_train, batch_size, step)",
     }
-
-
-def _leafname(i: int, path) -> str:
-    return f"{i:04d}_" + re.sub(r"[^A-Za-z0-9]+", "_", jax.tree_util.keystr(path)).strip("_")
-
-
-def state_to_flat(state: TrainState) -> dict[str, np.ndarray]:
-    """The state as ``{ordered name: array}``, the form checkpoints store (plain folder names)."""
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
-    return {_leafname(i, path): np.asarray(x) for i, (path, x) in enumerate(leaves)}
-
-
-def flat_to_state(flat: dict, like: TrainState) -> TrainState:
-    """Inverse of :func:`state_to_flat` with ``like``'s structure."""
-    treedef = jax.tree.structure(like)
-    return jax.tree.unflatten(treedef, [jnp.asarray(flat[k]) for k in sorted(flat)])
 
 
 def _report(run: Run, final: dict, history: list[dict], dataset: data.Dataset, seconds: float,
@@ -436,15 +243,20 @@ def train(
       out_dir: output folder (checked writable with room to spare before anything starts).
       dataset: the data (default: ``liplax.data.load(config.dataset, data_dir)``).
       resume: continue from the newest readable checkpoint in ``out_dir``. Without it, a folder
-        that already holds checkpoints is refused (nothing is overwritten).
-      quiet: no progress bar (metrics still go to ``metrics.jsonl``).
+        that already holds checkpoints is refused (nothing is overwritten). A finished run
+        (its last checkpoint at ``config.steps`` and its ``report.json`` written) is returned
+        as it is: nothing is re-evaluated or rewritten.
+      quiet: no progress bar or stage lines (metrics still go to ``metrics.jsonl``).
       devices: number of local devices for data parallelism (default: all).
       stop_after: stop (after checkpointing) once this many steps are done, without the final
         evaluation: for tests of resumption; ``None`` runs to ``config.steps``.
     Returns:
-      the report dict (keys :data:`REPORT_KEYS` and more).
+      the report dict (keys :data:`REPORT_KEYS` and more). ``seconds`` is the wall time of the
+      whole run, summed over the sessions of a resumed run (each checkpoint records the time so
+      far); ``train_seconds`` the time spent in training steps alone.
     """
     t_start = time.perf_counter()
+    earlier = 0.0  # wall seconds of the sessions before a resume, up to their last checkpoint
     dataset = dataset if dataset is not None else data.load(config.dataset, data_dir)
     out = Path(out_dir)
     run = init_run(config, dataset.input_shape, dataset.num_classes)
@@ -479,6 +291,14 @@ def train(
                 )
             state = flat_to_state(flat, state)
             history = [h for h in meta["history"] if h["step"] <= step0]
+            earlier = float(meta.get("elapsed_seconds", 0.0))
+            finished = _finished_report(out, step0, config)
+            if finished is not None:
+                store.close()
+                if not quiet:
+                    print(f"liplax: {str(out)!r} is a finished run ({step0} steps); its "
+                          f"report.json is unchanged", file=sys.stderr)
+                return finished
     atomic_write_text(progress_log, "".join(json.dumps(h) + "\n" for h in history))
 
     mesh = _mesh(devices, config.batch_size)
@@ -488,7 +308,7 @@ def train(
         replicated = NamedSharding(mesh, P())
         state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
     chunk = _make_chunk(run, len(dataset.y_train), mesh)
-    evaluate = _make_evaluator(run)
+    evaluate = make_evaluator(run)
     x_test = jnp.asarray(dataset.x_test)
     y_test = jnp.asarray(dataset.y_test, jnp.int32)
     x_eval, y_eval = x_test[: config.eval_examples], y_test[: config.eval_examples]
@@ -496,7 +316,7 @@ def train(
 
     step = int(state.step)
     last = config.steps if stop_after is None else min(config.steps, int(stop_after))
-    bar = _Progress(config.steps, step, quiet, desc=config.name)
+    bar = Progress(config.steps, step, quiet, desc=config.name)
     train_seconds = sum(h.get("chunk_seconds", 0.0) for h in history)
     try:
         while step < last:
@@ -510,96 +330,82 @@ def train(
             step += n
             entry = {"step": step, **metrics, "chunk_seconds": round(dt, 4)}
             if step % config.eval_every == 0 and step < config.steps:
-                entry.update(evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step)))
+                ev = evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step))
+                ev.pop("_witness")
+                entry.update(ev)
                 _check_finite(entry, step - n, n, store, out)
             history.append(entry)
             with open(progress_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
             postfix = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['train_accuracy']:.3f}"}
-            if config.penalty == "log":
-                postfix["bound≈"] = f"{math.exp(metrics['penalty']):.3g}"
+            if config.penalty == "log":  # the penalty's warm power-iteration estimate
+                postfix["L_est"] = f"{math.exp(metrics['penalty']):.3g}"
             if "lipschitz_upper" in entry:
-                postfix.update(L=f"{entry['lipschitz_upper']:.3g}",
+                postfix.update(L_cert=f"{entry['lipschitz_upper']:.3g}",
                                tight=f"{entry['tightness']:.3f}")
             bar.update(n, postfix)
             if step % config.checkpoint_every == 0 or step == last:
-                store.save(step, state_to_flat(state), _meta(config, history, step, dataset))
+                elapsed = earlier + time.perf_counter() - t_start
+                store.save(step, state_to_flat(state),
+                           _meta(config, history, step, dataset, elapsed))
     finally:
         bar.close()
     if step < config.steps:  # stopped early on request
         store.close()
         return {"steps": step, "stopped": True}
 
-    final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
+    stage = Stages(quiet)
+    with stage(f"certified bound, lower-bound search and accuracy on {len(y_test)} test examples"):
+        final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
+    witness = final.pop("_witness")
     _check_finite(final, step - 1, 1, store, out)
     model = eval_model(run, state)
-    final["layer_bounds"] = [
-        {"layer": name, "value": float(b.value), "kind": b.kind}
-        for name, b in bounds.layer_bounds(model, run.input_shape, p=config.p)
-    ]
+    with stage("per-layer bounds and gains"):
+        final["layer_bounds"] = _layer_rows(model, run.input_shape, config.p, witness)
     final["devices"] = 1 if mesh is None else mesh.size
     history_final = {"step": config.steps, "final": True, **{k: v for k, v in final.items()
                                                              if k != "layer_bounds"}}
     history = [h for h in history if not h.get("final")] + [history_final]
-    report = _report(run, final, history, dataset, time.perf_counter() - t_start, step)
+    report = _report(run, final, history, dataset, earlier + time.perf_counter() - t_start, step)
     report["train_seconds"] = round(train_seconds, 3)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     store.close()
     try:
         from liplax.report import plot_history
 
-        plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}")
+        with stage("training.png"):
+            plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}",
+                         layers=report["layer_bounds"])
     except ImportError as e:  # matplotlib missing: the report stands without its plot
         warnings.warn(f"no training plot: {e}", stacklevel=2)
     return report
 
 
-# ----------------------------------------------------------------------------- loading runs
+def _layer_rows(model, input_shape, p: float, witness) -> list[dict]:
+    """Each top-level layer's certified bound and its gain attained along the lower bound's
+    witness direction (:func:`liplax.evaluation.layer_gains`)."""
+    rows = bounds.layer_bounds(model, input_shape, p=p)
+    gains = layer_gains(model, witness, p=p)
+    return [
+        {"layer": name, "value": float(b.value), "kind": b.kind, "attained_gain": g}
+        for (name, b), g in zip(rows, gains, strict=True)
+    ]
 
 
-def load_run(path: str | os.PathLike, *, step: int | None = None) -> tuple[Run, dict]:
-    """Rebuild a trained model from a run folder (or its ``checkpoints/`` folder).
-
-    Returns ``(run, meta)`` where ``run.state`` holds the newest readable checkpoint (or
-    ``step``) and ``meta`` its JSON metadata (config, history, dataset description).
-    """
-    folder = Path(path)
-    if folder.name == "checkpoints":
-        folder = folder.parent
-    elif folder.parent.name == "checkpoints" and folder.name.isdigit():
-        step = int(folder.name) if step is None else step
-        folder = folder.parent.parent
-    if not (folder / "checkpoints").is_dir():
-        raise CheckpointError(
-            f"{str(path)!r}: not a liplax run folder (expected a 'checkpoints' folder inside)"
-        )
-    store = CheckpointStore(folder)
-    steps = store.steps()
-    if not steps:
-        raise CheckpointError(f"{str(folder / 'checkpoints')!r} holds no complete checkpoint")
-    # The config comes from the newest metadata; the state is then restored with its shapes.
-    meta_step = steps[-1] if step is None else step
-    meta = _read_meta(folder / "checkpoints" / str(meta_step))
-    config = Config.from_dict(meta["config"])
-    ds = meta["dataset"]
-    run = init_run(config, tuple(ds["input_shape"]), int(ds["num_classes"]))
-    like = state_to_flat(run.state)
-    if step is None:
-        found = store.restore_latest(like)
-        if found is None:
-            raise CheckpointError(f"{str(folder)!r} holds no readable checkpoint")
-        _, flat, meta = found
-    else:
-        if step not in steps:
-            raise CheckpointError(f"{str(folder)!r} has no checkpoint {step}; it has {steps}")
-        flat, meta = store.restore(step, like)
-    store.close()
-    return run._replace(state=flat_to_state(flat, run.state)), meta
-
-
-def _read_meta(step_dir: Path) -> dict:
-    path = step_dir / "meta" / "metadata"
+def _finished_report(out: Path, step: int, config: Config) -> dict | None:
+    """The report of a finished run in ``out`` (last checkpoint at ``config.steps`` and a
+    readable ``report.json`` of that many steps), else ``None``."""
+    if step != config.steps:
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{str(path)!r}: unreadable checkpoint metadata ({e})") from None
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if report.get("steps") == config.steps else None
+
+
+__all__ = [
+    "REPORT_KEYS", "Run", "TrainState", "chunk_batch_indices", "eval_model", "flat_to_state",
+    "init_run", "load_run", "loss_function", "make_optimizer", "penalty_weight",
+    "state_to_flat", "train",
+]

@@ -332,6 +332,13 @@ CASES = [
              "'upper' bound, never an estimate (power iteration and lower "
              'bounds can be below the truth)'
          )),
+    Case("certify.tightness", "upper=None for a plain callable",
+         lambda: certify.tightness(lambda x: x, np.ones((2, 3), np.float32),
+                                   key=jax.random.key(0)), TypeError,
+         (
+             "tightness: upper=None takes the trivial bound of a liplax model, but model is a "
+             "function; pass upper= (a Bound or a number) for a plain callable"
+         )),
     Case("certify.lipschitz_lower_bound", "steps=0",
          lambda: certify.lipschitz_lower_bound(jnp.sin, np.ones((2, 3), np.float32),
                                                key=jax.random.key(0), steps=0), ValueError,

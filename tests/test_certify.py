@@ -194,6 +194,40 @@ def test_tightness_defaults_to_the_trivial_bound_of_a_liplax_model():
     np.testing.assert_allclose(t.ratio, 1.0, rtol=1e-5)
 
 
+def test_tightness_of_a_model_that_starts_with_flatten_as_the_readme_calls_it():
+    """An NNX model takes a batch: tightness calls it so without a flag (issue: the documented
+    call failed in Dense on any model starting with Flatten)."""
+    from flax import nnx
+
+    from liplax import bounds, nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Dense(12, 3, rngs=nnx.Rngs(0)))  # linear: tight
+    model.eval()
+    xs = jax.random.normal(jax.random.key(2), (6, 4, 3))
+    t = tightness(model, xs, key=jax.random.key(1), steps=20, restarts=4)
+    w = np.asarray(model.layers[1].kernel[...], np.float64)
+    np.testing.assert_allclose(t.upper, bounds.trivial_bound(model, (4, 3)).value)
+    np.testing.assert_allclose(t.lower.value, np.linalg.norm(w, 2), rtol=1e-4)
+    np.testing.assert_allclose(t.ratio, 1.0, rtol=1e-4)
+    assert t.lower.point.shape == (4, 3)
+    explicit = tightness(model, xs, key=jax.random.key(1), steps=20, restarts=4, batched=True)
+    np.testing.assert_array_equal(explicit.ratio, t.ratio)
+
+
+def test_tightness_of_a_plain_callable_needs_its_upper_bound():
+    with pytest.raises(TypeError, match="upper=None takes the trivial bound of a liplax model"):
+        tightness(linear, XS, key=jax.random.key(1))
+
+
+def test_tightness_prints_numbers_not_witness_arrays():
+    t = tightness(linear, XS, 2.0 * np.linalg.norm(A, 2), key=jax.random.key(1), steps=5,
+                  restarts=2)
+    text = repr(t)
+    assert "\n" not in text and len(text) < 120, text
+    assert text.startswith(f"Tightness(ratio={float(t.ratio):.6g}, upper={float(t.upper):.6g}")
+    assert f"witness shape {tuple(XS.shape[1:])}" in text
+
+
 # ----------------------------------------------------------------------------- local_norm_ascent
 
 

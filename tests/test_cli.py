@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +19,18 @@ from liplax import cli, data, train
 from liplax.guarantee import product_margin
 from tests.train_helpers import TINY
 
+TRAIN = ["train", "--config", "default", "--seed", "1", "--set", *TINY]
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """A TINY run trained with its progress output on; stderr kept in ``../stderr.txt``."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    code = cli.main(["train", "--config", "default", "--quiet", "--out", str(out), "--seed", "1",
-                     "--set", *TINY])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main([*TRAIN, "--out", str(out)])
     assert code == 0
+    (out.parent / "stderr.txt").write_text(err.getvalue())
     return out
 
 
@@ -100,3 +112,77 @@ def test_unknown_config_is_an_argparse_error(capsys):
         cli.main(["train", "--config", "nope"])
     assert e.value.code == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_final_evaluation_shows_progress_after_the_bar(run_dir):
+    err = (run_dir.parent / "stderr.txt").read_text()
+    stages = ["certified bound, lower-bound search and accuracy", "per-layer bounds and gains",
+              "training.png"]
+    for stage in stages:
+        assert re.search(rf"liplax: final evaluation: {re.escape(stage)}[^\n]* …\n", err)
+        assert re.search(rf"final evaluation: {re.escape(stage)}.* done in \d+\.\d s", err)
+    assert "L_est=" in err and "L_cert=" in err and "≈=" not in err
+
+
+def test_resume_of_a_finished_run_leaves_its_report(run_dir, capsys):
+    before = (run_dir / "report.json").read_bytes()
+    assert cli.main([*TRAIN, "--out", str(run_dir), "--resume"]) == 0
+    assert (run_dir / "report.json").read_bytes() == before
+    assert "finished run (40 steps)" in capsys.readouterr().err
+
+
+def test_layer_gains_are_attained_below_each_bound(run_dir):
+    """Each layer's gain along the witness direction is a value the layer attains, so at most
+    its certified bound; their product is attained by the network (≤ the trivial bound) and,
+    at the lower bound's witness, close to that lower bound."""
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = report["layer_bounds"]
+    for r in rows:
+        assert 0 < r["attained_gain"] <= r["value"] * (1 + 1e-5), r
+    product = math.prod(r["attained_gain"] for r in rows)
+    assert product <= report["lipschitz_upper"] * (1 + 1e-5)
+    assert 0.8 * report["lipschitz_lower"] <= product <= report["lipschitz_lower"] * (1 + 1e-3)
+
+
+_PROBE = """
+import json, sys
+from liplax import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "jax": "jax" in sys.modules, "flax": "flax" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("case", ["help", "existing-run", "file", "bad-set"])
+def test_cheap_answers_load_no_jax(case, tmp_path):
+    """liplax --help and refused arguments answer without importing JAX or Flax (seconds)."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "20").mkdir(parents=True)
+    (tmp_path / "file").write_text("")
+    argv = {
+        "help": ["--help"],
+        "existing-run": ["train", "--out", str(run)],
+        "file": ["train", "--out", str(tmp_path / "file")],
+        "bad-set": ["train", "--out", str(tmp_path / "new"), "--set", "steps=1.5"],
+    }[case]
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], check=True)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"code": 0 if case == "help" else 2, "jax": False, "flax": False}, proc.stderr
+    if case == "existing-run":
+        assert "already holds checkpoints (steps [20]); pass --resume" in proc.stderr
+
+
+def test_compilation_cache_folder_is_filled_and_can_be_turned_off(tmp_path):
+    code = ("from liplax.jaxcache import enable_compilation_cache as e; print(e()); "
+            "import jax, jax.numpy as jnp; from liplax import conv; "
+            "conv.exact_spectral_norm(jnp.ones((3, 3, 4, 4)), (8, 8)).block_until_ready()")
+    root = Path(__file__).resolve().parents[1]
+    for value, expect in ((str(tmp_path / "c"), str(tmp_path / "c")), ("off", "None")):
+        env = {**os.environ, "LIPLAX_CACHE_DIR": value}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=root, env=env, check=True).stdout.strip()
+        assert out == expect
+    assert any((tmp_path / "c").iterdir())  # the compiled program, for the next process

@@ -223,3 +223,25 @@ def test_linf_dense_projects_columns_onto_l1_ball():
         np.testing.assert_array_equal(eff[:, 2], w[:, 2])
         b = layer.lipschitz_bound((7,), p="inf")
         assert b.kind == "exact" and float(b.value) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_aol_reports_the_applied_weights_norm_when_below_its_certificate(kind):
+    """A fresh AOL layer's applied operator has norm well below 1; the reported ℓ2 bound is
+    that norm up to the Gram bound's slack, not the closed-form ≈ 1 (and still above it)."""
+    if kind == "dense":
+        layer, shape, hw = ln.AOLDense(64, 32, rngs=rngs(3)), (64,), None
+    else:
+        layer, shape, hw = ln.AOLConv(4, 6, 3, padding="SAME", rngs=rngs(3)), (6, 6, 4), (6, 6)
+    eff = _eff(layer).astype(np.float64)
+    if hw is None:
+        truth = np.linalg.svd(eff, compute_uv=False)[0]
+    else:
+        with jax.enable_x64(True):
+            truth = np.linalg.svd(_conv_matrix(jnp.asarray(eff), hw, (1, 1), "SAME"),
+                                  compute_uv=False)[0]
+    b = _bound(layer, shape)
+    closed_form = layer.lipschitz_estimate(shape)
+    assert b.kind == "upper" and closed_form.kind == "upper"
+    assert truth < 0.95 * float(closed_form.value)  # the case the issue reports (0.55, 0.80)
+    assert truth <= float(b.value) <= truth * 1.02, (truth, float(b.value))

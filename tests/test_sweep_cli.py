@@ -191,3 +191,27 @@ def test_bad_input_exits_2_with_a_message(files, capsys, argv, message):
     assert run_cli(*argv, "--quiet") == 2
     err = capsys.readouterr().err
     assert "liplax sweep: error:" in err and message in err
+
+
+def test_optimizer_state_is_left_out_of_a_checkpoint_sweep(tmp_path):
+    """Adam's moments have the kernels' shapes and names (…/mu/…/kernel): ``--match kernel`` on
+    a run folder swept them as if they were layers. They are left out unless asked for."""
+    import optax
+    import orbax.checkpoint as ocp
+
+    w = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    params = {"layers": {"0": {"kernel": w}}}
+    opt_state = optax.adam(1e-3).init(params)
+    tree = {"params": params, "opt_state": jax.tree.map(lambda a: np.asarray(a) + 1.0, opt_state)}
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mgr:
+        mgr.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
+        mgr.wait_until_finished()
+    out = tmp_path / "t.json"
+    assert run_cli(str(tmp_path / "ckpt"), "--match", "kernel", "--out", str(out), "--quiet") == 0
+    rows = _table(out)
+    assert [r["name"] for r in rows] == ["1/state/params/layers/0/kernel"]
+    assert rows[0]["value"] == pytest.approx(float(dense_gram(w)), rel=1e-6)
+    assert run_cli(str(tmp_path / "ckpt"), "--match", "kernel", "--optimizer-state",
+                   "--out", str(out), "--quiet") == 0
+    names = sorted(r["name"] for r in _table(out))
+    assert len(names) == 3 and sum("/mu/" in n or "/nu/" in n for n in names) == 2
