@@ -440,7 +440,7 @@ def _dense_gram_bound(ks: jax.Array, hw, st, pads, num_iters: int) -> jax.Array:
     gram_b = gram_iteration(b, num_iters - 1)
     sq = gram_b + g * trace
     # sqrt with a finite gradient at a zero kernel (where sq = 0, d sqrt would be inf·0 = NaN)
-    pos = sq > 0
+    pos = sq != 0  # NaN propagates
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 

@@ -149,12 +149,13 @@ def _frob(re: jax.Array, im: jax.Array | None) -> jax.Array:
     ss = jnp.sum(re * re, axis=(-2, -1))
     if im is not None:
         ss = ss + jnp.sum(im * im, axis=(-2, -1))
-    pos = ss > 0
+    pos = ss != 0  # NaN and inf propagate: a non-finite matrix never gets a finite bound
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
 
 
 def _safe(a: jax.Array) -> jax.Array:
-    return jnp.where(a > 0, a, jnp.ones_like(a))
+    """``a`` with zeros replaced by one (NaN and inf kept, so they reach the bound)."""
+    return jnp.where(a == 0, jnp.ones_like(a), a)
 
 
 def _normalized_gram(re: jax.Array, im: jax.Array | None):
@@ -168,7 +169,7 @@ def _normalized_gram(re: jax.Array, im: jax.Array | None):
     ss = jnp.sum(re * re, axis=(-2, -1))
     if im is not None:
         ss = ss + jnp.sum(im * im, axis=(-2, -1))
-    pos = ss > 0
+    pos = ss != 0  # NaN and inf propagate: a non-finite matrix never gets a finite bound
     a = jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
     d = _safe(ss)[..., None, None]
     if im is None:
@@ -222,7 +223,7 @@ def gram_finish(state: GramState, m: int) -> jax.Array:
     weights = jnp.asarray([2.0**-t for t in range(num_iters + 1)], real_dtype)
     log_bound = jnp.tensordot(weights, logs, axes=(0, 0))
     # A zero input stays zero; a non-zero one cannot reach zero: ‖(G/a)ᴴ(G/a)‖_F ≥ 1/n.
-    nonzero = final > 0
+    nonzero = final != 0  # NaN (from a NaN or inf entry) gives NaN
     bound = jnp.where(nonzero, jnp.exp(jnp.where(nonzero, log_bound, 0.0)), 0.0)
     is_complex = state.im is not None
     margin = lax.stop_gradient(_gram_margin(logs, num_iters, m, n, real_dtype, is_complex))

@@ -181,3 +181,17 @@ def test_scale_helpers_exact_on_bits():
     assert bool(sc.lost)  # 1e-40·2^-127 and 2^-253 cannot be stored
     g = jax.grad(lambda v: jnp.sum(_scaling.scale(v).x))(jnp.asarray([4.0, -1.0]))
     np.testing.assert_array_equal(np.asarray(g), [0.25, 0.25])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("num_iters", [0, 3])
+def test_gram_iteration_propagates_nonfinite(bad, num_iters):
+    """The public Gram iteration once mapped a NaN matrix to a finite bound (NaN > 0 is false,
+    so the NaN Frobenius norm was treated as a zero one)."""
+    w = np.ones((4, 3), np.float32)
+    w[1, 2] = bad
+    assert not math.isfinite(float(linalg.gram_iteration(jnp.asarray(w), num_iters)))
+    g = np.ones((2, 4, 3), np.float32)
+    g[0, 0, 0] = bad
+    out = np.asarray(linalg.gram_iteration(jnp.asarray(g), num_iters))
+    assert not np.isfinite(out[0]) and out[1] >= ref.spectral_norm_truth(g[1].astype(np.float64))
