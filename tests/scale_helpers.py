@@ -107,7 +107,7 @@ def result_dtype(dtype: str) -> np.dtype:
 def store(x64: np.ndarray, dtype: str) -> np.ndarray:
     """``x64`` rounded to ``dtype`` (a NumPy array: the truth sees the stored values)."""
     if dtype == "bfloat16":
-        return np.asarray(jnp.asarray(x64, jnp.bfloat16))
+        return np.array(jnp.asarray(x64, jnp.bfloat16))  # a writable copy
     return x64.astype(np.dtype(dtype))
 
 
