@@ -195,3 +195,18 @@ def test_gram_iteration_propagates_nonfinite(bad, num_iters):
     g[0, 0, 0] = bad
     out = np.asarray(linalg.gram_iteration(jnp.asarray(g), num_iters))
     assert not np.isfinite(out[0]) and out[1] >= ref.spectral_norm_truth(g[1].astype(np.float64))
+
+
+def test_vmap_scales_each_element():
+    """Under vmap the power of two is chosen per batch element (no shared scale that would
+    flush the small elements or overflow the large ones), and a NaN stays in its element."""
+    w = draw(np.random.default_rng(3), (4, 3), 1.0, "float32").astype(np.float64)
+    batch = np.stack([w, w * 1e-40, w * 1e37, w]).astype(np.float32)
+    batch[3, 0, 0] = np.nan
+    got = np.asarray(jax.vmap(linalg.spectral_norm)(jnp.asarray(batch)))
+    gram = np.asarray(jax.vmap(linalg.gram_bound)(jnp.asarray(batch)))
+    for i in range(3):
+        t = ref.spectral_norm_truth(batch[i].astype(np.float64))
+        assert got[i] >= t * (1 - 1e-5) and got[i] <= max(t * (1 + 1e-5), 1.2e-38), (i, got[i], t)
+        assert gram[i] >= t, (i, gram[i], t)
+    assert np.isnan(got[3]) and np.isnan(gram[3])
