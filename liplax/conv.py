@@ -240,7 +240,10 @@ def exact_spectral_norm(
     sc = scale(kpoly)
     if kpoly.shape[:2] == (1, 1):
         n_poly = (1, 1)  # a 1×1 kernel has the same matrix at every frequency.
-    return unscale(_max_sigma(*frequency_pair(sc.x, n_poly)), sc)
+    kh, kw, cin, cout = kpoly.shape
+    sigma = cover_lost(_max_sigma(*frequency_pair(sc.x, n_poly)), sc.lost,
+                       kh * kw * math.sqrt(cin * cout))  # taps lost to the scaling
+    return unscale(sigma, sc)
 
 
 # --------------------------------------------------------------------------------------------

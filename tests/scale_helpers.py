@@ -74,6 +74,8 @@ ROUTINES = (
     _mat("norm_1", "exact", ref.l1_truth),
     _conv("exact_spectral_norm", "exact", ref.spectral_norm_truth, (4, 4), 1),
     _conv("exact_spectral_norm", "exact", ref.spectral_norm_truth, (4, 4), 2),
+    _conv("exact_spectral_norm", "exact", ref.spectral_norm_truth, (2, 2), 1),  # taps alias
+    _conv("gram_bound", "upper", ref.spectral_norm_truth, (2, 2), 1, "CIRCULAR"),  # taps alias
     _conv("gram_bound", "upper", ref.spectral_norm_truth, (5, 5), 1, "SAME"),
     _conv("gram_bound", "upper", ref.spectral_norm_truth, (5, 5), 2, "VALID"),
     _conv("gram_bound", "upper", ref.spectral_norm_truth, (4, 4), 1, "CIRCULAR"),

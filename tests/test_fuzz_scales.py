@@ -3,8 +3,9 @@
 Generators (values from a NumPy generator seeded by hypothesis; shapes fixed so each routine
 compiles once per dtype): subnormal entries only, near-overflow entries (max/10 … max), magnitudes
 log-uniform over every decade from the smallest subnormal to the largest finite number, order-one
-or randomly scaled entries with a few subnormal ones, and NaN/±inf entries at random positions;
-zeros sprinkled at random. Routines: tests/scale_helpers.ROUTINES (linalg spectral_norm,
+or randomly scaled entries with a few subnormal ones, the same with conv taps that cancel exactly
+where they alias on a 2×2 circular input, and NaN/±inf entries at random positions; zeros
+sprinkled at random. Routines: tests/scale_helpers.ROUTINES (linalg spectral_norm,
 gram_bound, norm_inf, norm_1; conv exact_spectral_norm, gram_bound, norm_inf, norm_1 over SAME,
 VALID, CIRCULAR and explicit padding, dividing and non-dividing strides, aliased taps). Storage
 dtypes float32, float64, bfloat16, float16. The contract is :func:`tests.scale_helpers.check`.
@@ -27,7 +28,7 @@ from liplax.nn.linf import project_l1_ball
 from tests._helpers import precision
 from tests.scale_helpers import ROUTINES, check, store
 
-MODES = ("subnormal", "near_overflow", "mixed", "scaled", "nonfinite")
+MODES = ("subnormal", "near_overflow", "mixed", "scaled", "nonfinite", "cancel")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 _MATRIX = [r for r in ROUTINES if r.name.startswith("linalg.")]
 _CONV = [r for r in ROUTINES if r.name.startswith("conv.")]
@@ -58,6 +59,13 @@ def values(rng: np.random.Generator, shape, mode: str, dtype: str) -> np.ndarray
         mag = np.where(few, np.exp(rng.uniform(math.log(sub), math.log(tiny), size=shape)), mag)
     x = np.where(rng.random(shape) < 0.15, 0.0, sign * mag)
     x = store(np.minimum(np.abs(x), big) * np.sign(x), dtype)
+    if mode == "cancel" and len(shape) == 4:
+        # Taps p and p + 2 alias on a 2-wide circular input: make them cancel exactly and give
+        # the centre tap subnormal-scale entries, lost to the scaling but the whole truth.
+        x[2] = -x[0]
+        x[:, 2] = -x[:, 0]
+        centre = np.exp(rng.uniform(math.log(sub), math.log(tiny), size=shape[2:]))
+        x[1, 1] = store(sign[1, 1] * centre, dtype)
     if mode == "nonfinite":
         flat = x.reshape(-1)
         for _ in range(int(rng.integers(1, 4))):

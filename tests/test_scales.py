@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from liplax import _scaling, certify, linalg
+from liplax import _scaling, certify, conv, linalg
 from liplax import nn as ln
 from liplax.nn.conv import conv_bound
 from liplax.nn.dense import matrix_bound
@@ -210,3 +210,18 @@ def test_vmap_scales_each_element():
         assert got[i] >= t * (1 - 1e-5) and got[i] <= max(t * (1 + 1e-5), 1.2e-38), (i, got[i], t)
         assert gram[i] >= t, (i, gram[i], t)
     assert np.isnan(got[3]) and np.isnan(gram[3])
+
+
+@pytest.mark.parametrize("tiny_tap", [2.0**-140, 2.0**-149])
+def test_lost_entry_under_cancellation(tiny_tap):
+    """Aliased taps 1 and −1 cancel on a 1×1 circular input, leaving a tap too small to survive
+    the scaling: the truth is that tap, and an `exact` 0 would be 100% low."""
+    k = np.zeros((3, 1, 1, 1), np.float32)
+    k[:, 0, 0, 0] = [1.0, -1.0, tiny_tap]
+    truth = ref.spectral_norm_truth(ref.conv_operator(k.astype(np.float64), (1, 1), 1,
+                                                      "CIRCULAR"))
+    assert truth == tiny_tap
+    assert float(conv.exact_spectral_norm(k, (1, 1))) >= truth
+    assert float(conv.gram_bound(k, (1, 1), padding="CIRCULAR")) >= truth
+    assert float(conv.norm_inf(k, (1, 1), padding="CIRCULAR")) >= truth
+    assert float(conv.norm_1(k, (1, 1), padding="CIRCULAR")) >= truth
