@@ -236,12 +236,18 @@ def exact_spectral_norm(
       strides: an int or a pair; must divide (H, W).
     """
     kernel, hw, st, _ = _resolve(kernel, input_shape, strides, "CIRCULAR")
-    kpoly, n_poly = _circular_setup(kernel, hw, st, "CIRCULAR")
-    sc = scale(kpoly)
+    kh, kw, cin, cout = kernel.shape
+    sc = scale(kernel)
+    ks = sc.x
+    if kh > hw[0] or kw > hw[1]:
+        # Taps p and p + n act on one sample: add them first (compensated, exact for two taps;
+        # the operator changes by a cyclic shift of the input), so that taps which cancel do
+        # not leave the DFT's rounding, which is relative to the taps, as the result.
+        ks, _ = alias_kernel(ks, hw)
+    kpoly, n_poly = _circular_setup(ks, hw, st, "CIRCULAR")
     if kpoly.shape[:2] == (1, 1):
         n_poly = (1, 1)  # a 1×1 kernel has the same matrix at every frequency.
-    kh, kw, cin, cout = kpoly.shape
-    sigma = cover_lost(_max_sigma(*frequency_pair(sc.x, n_poly)), sc.lost,
+    sigma = cover_lost(_max_sigma(*frequency_pair(kpoly, n_poly)), sc.lost,
                        kh * kw * math.sqrt(cin * cout))  # taps lost to the scaling
     return unscale(sigma, sc)
 

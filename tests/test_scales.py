@@ -225,3 +225,20 @@ def test_lost_entry_under_cancellation(tiny_tap):
     assert float(conv.gram_bound(k, (1, 1), padding="CIRCULAR")) >= truth
     assert float(conv.norm_inf(k, (1, 1), padding="CIRCULAR")) >= truth
     assert float(conv.norm_1(k, (1, 1), padding="CIRCULAR")) >= truth
+
+
+def test_exact_circular_norm_with_cancelling_aliased_taps():
+    """Taps p and p + 2 cancel on a 2×2 circular input and a centre tap 1e-22 of the others is
+    the whole operator: the DFT summed all taps at once and its rounding (relative to the big
+    taps) absorbed the centre, so the `exact` norm was 0."""
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((3, 3, 2, 2)).astype(np.float32)
+    k[2] = -k[0]
+    k[:, 2] = -k[:, 0]  # after the line above: every aliased pair sums to exactly 0
+    k[1, 1] = rng.standard_normal((2, 2)).astype(np.float32) * np.float32(1e-22)
+    truth = ref.spectral_norm_truth(ref.conv_operator(k.astype(np.float64), (2, 2), 1,
+                                                      "CIRCULAR"))
+    got = float(conv.exact_spectral_norm(k, (2, 2)))
+    assert abs(got - truth) <= 1e-5 * truth, (got, truth)
+    grad = jax.grad(lambda x: conv.exact_spectral_norm(x, (2, 2)))(jnp.asarray(k))
+    assert np.all(np.isfinite(np.asarray(grad)))
