@@ -19,6 +19,12 @@ A zero-padded convolution is a submatrix of a circular one on a larger input (se
 K̂ is computed by direct summation over the taps (not an FFT), as two real matrix products: its
 rounding error is at most √2(γ_{kh·kw+1} + 2^{-47})·Σ_{p,q}|k[p,q,i,o]| per entry, which the upper
 bounds add in full. Only one frequency of each conjugate pair is formed.
+
+Every operator works on the kernel scaled by an exact power of two computed on its bits
+(:mod:`liplax._scaling`): subnormal and near-overflow kernels are handled, NaN taps give NaN,
+infinite ones inf, a norm beyond the dtype's range inf. The circular reformulation (polyphase
+kernel, frequency matrices) lives in :mod:`liplax.conv_dft`, the induced ℓ∞/ℓ1 norms in
+:mod:`liplax.conv_induced`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,55 +34,37 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from liplax import _checks
-from liplax.guarantee import gamma, guarantee, unit_roundoff
+from liplax._conv_apply import _DIMS, _HI, _apply, _circular_pads, _resolve  # noqa: F401
+from liplax._scaling import cover_lost, scale, unscale
+from liplax.conv_dft import (  # noqa: F401
+    _TWIDDLE_ERR,
+    _circular_setup,
+    _dft_error,
+    _twiddles,
+    circular_size,
+    frequency_matrices,
+    frequency_pair,
+    polyphase_kernel,
+    unique_frequencies,
+)
+from liplax.conv_induced import alias_kernel, norm_1, norm_inf  # noqa: F401
+from liplax.guarantee import gamma, guarantee
 from liplax.linalg import (
     GramState,
-    flush_slack,
     gram_finish,
     gram_iteration,
     gram_start,
     gram_steps,
     init_vector,
-    pow2_scale,
     power_iteration_op,
 )
-
-_HI = lax.Precision.HIGHEST
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
 
 # --------------------------------------------------------------------------------------------
 # The layer itself.
 # --------------------------------------------------------------------------------------------
-
-
-def _resolve(kernel, input_shape, strides, padding):
-    """Validate and normalize the arguments shared by every operator."""
-    kernel = _checks.kernel(kernel)
-    hw = _checks.input_shape(input_shape)
-    st = _checks.strides(strides)
-    pads = _checks.padding(padding, hw, kernel.shape[:2], st)
-    return kernel, hw, st, pads
-
-
-def _circular_pads(kernel_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
-    """flax's circular padding: (k−1)//2 before and k//2 after, wrapped."""
-    return tuple(((k - 1) // 2, k // 2) for k in kernel_hw)
-
-
-def _apply(kernel: jax.Array, x: jax.Array, strides, pads) -> jax.Array:
-    """The convolution on a batch ``x`` (N, H, W, C) with resolved strides and padding."""
-    if pads == "CIRCULAR":
-        cp = _circular_pads(kernel.shape[:2])
-        x = jnp.pad(x, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
-        pads = ((0, 0), (0, 0))
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=strides, padding=pads, dimension_numbers=_DIMS, precision=_HI
-    )
 
 
 def apply(
@@ -128,127 +116,6 @@ def output_shape(
         (n + lo + hi - k) // s + 1
         for n, (lo, hi), k, s in zip(hw, pads, kernel_shape[:2], st, strict=True)
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Circular reformulation: polyphase kernel, circular size, frequency matrices.
-# --------------------------------------------------------------------------------------------
-
-
-def circular_size(n: int, k: int, s: int, lo: int, hi: int) -> int:
-    r"""Smallest N such that the zero-padded conv on n samples is a submatrix of the circular one.
-
-    Embed x at offset lo in N zeros. Every output whose window touches the input reads, on the
-    circle, exactly what it reads from the zero-padded input once N ≥ n + min(k − 1, max(lo, hi)),
-    and distinct such outputs land on distinct circular outputs. Outputs whose window lies in the
-    padding are zero rows and do not change the norm. N is rounded up to a multiple of s.
-    """
-    big_n = n + min(k - 1, max(lo, hi))
-    return -(-big_n // s) * s
-
-
-def polyphase_kernel(kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
-    """k'[a, b, (i, j, c), o] = k[s_h a + i, s_w b + j, c, o]: the stride-1 kernel on space-to-depth
-    components (Sedghi et al. §3; the strided circular conv equals it when s divides N)."""
-    sh, sw = strides
-    if (sh, sw) == (1, 1):
-        return kernel
-    kh, kw, cin, cout = kernel.shape
-    ah, aw = -(-kh // sh), -(-kw // sw)
-    k = jnp.pad(kernel, ((0, ah * sh - kh), (0, aw * sw - kw), (0, 0), (0, 0)))
-    k = k.reshape(ah, sh, aw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-    return k.reshape(ah, aw, sh * sw * cin, cout)
-
-
-def unique_frequencies(n_hw: tuple[int, int]) -> np.ndarray:
-    """(F, 2) integer frequencies (u, v) that hold every singular value, one per conjugate pair.
-
-    K̂(−u, −v) = conj K̂(u, v) has the same singular values, so v ∈ [0, N_w//2] suffices, and in
-    the self-conjugate columns v = 0 and v = N_w/2 (N_w even) also u ∈ [0, N_h//2].
-    """
-    nh, nw = n_hw
-    rows = []
-    for v in range(nw // 2 + 1):
-        self_conjugate = (2 * v) % nw == 0
-        us = range(nh // 2 + 1) if self_conjugate else range(nh)
-        rows.extend((u, v) for u in us)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
-
-
-_TWIDDLE_ERR = 2.0**-48
-"""Absolute error bound of a float64 twiddle component cos/sin(2π·j/N) before the cast: the
-angle carries ≤ 3 float64 roundings (≤ 19·2⁻⁵³ absolute) and libm's cos/sin < 1 ulp."""
-
-
-def _twiddles(kernel_hw: tuple[int, int], n_hw: tuple[int, int], dtype) -> tuple[jax.Array, ...]:
-    """cos and sin of 2π(p·u/N_h + q·v/N_w), shape (F, kh·kw), from exact integer phases."""
-    kh, kw = kernel_hw
-    nh, nw = n_hw
-    uv = unique_frequencies(n_hw)
-    p, q = np.arange(kh).repeat(kw), np.tile(np.arange(kw), kh)
-    num = ((uv[:, :1] * p[None] % nh) * nw + (uv[:, 1:] * q[None] % nw) * nh) % (nh * nw)
-    angle = 2.0 * np.pi * num / (nh * nw)
-    return jnp.asarray(np.cos(angle), dtype), jnp.asarray(np.sin(angle), dtype)
-
-
-def frequency_pair(kernel: jax.Array, n_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
-    r"""(Re K̂, Im K̂) at the frequencies of :func:`unique_frequencies`, arranged (F, m, n) with
-    m ≥ n: (F, in, out) when in ≥ out, else transposed (the Gram on the smaller side).
-
-    K̂(u, v) = Σ_{p,q} k[p, q] e^{2πi(pu/N_h + qv/N_w)}, summed directly over the kh·kw taps as
-    two real matrix products (no complex arithmetic; see :func:`_dft_error` for the rounding).
-    """
-    kh, kw, cin, cout = kernel.shape
-    k = kernel if cin >= cout else jnp.swapaxes(kernel, 2, 3)
-    m, n = k.shape[2:]
-    k = k.reshape(kh * kw, m * n)
-    cos, sin = _twiddles((kh, kw), n_hw, kernel.dtype)
-    re = jnp.matmul(cos, k, precision=_HI).reshape(-1, m, n)
-    im = jnp.matmul(sin, k, precision=_HI).reshape(-1, m, n)
-    return re, im
-
-
-def frequency_matrices(kernel: jax.Array, n_hw: tuple[int, int]) -> jax.Array:
-    """K̂(u, v) at the frequencies of :func:`unique_frequencies`: shape (F, in, out), complex."""
-    re, im = frequency_pair(kernel, n_hw)
-    if kernel.shape[2] < kernel.shape[3]:
-        re, im = jnp.swapaxes(re, 1, 2), jnp.swapaxes(im, 1, 2)
-    return lax.complex(re, im)
-
-
-def _dft_error(kernel: jax.Array) -> jax.Array:
-    """Bound on ‖fl(K̂(u,v)) − K̂(u,v)‖₂ at every frequency: √2(γ_{K+1} + 2ε)‖A‖_F, A = Σ_{p,q}|k|.
-
-    Each twiddle component is ŵ = w(1 + δ) + η, |δ| ≤ u (cast), |η| ≤ ε (:data:`_TWIDDLE_ERR`);
-    a real or imaginary part is a K = kh·kw term sum, so it errs by
-    ≤ γ_K Σ|k||ŵ| + Σ|k||ŵ − w| ≤ (γ_{K+1} + 2ε)Σ_{p,q}|k| (Higham §3.1); a complex entry by √2
-    times that, and the spectral norm by at most the Frobenius norm over (in, out).
-    """
-    kh, kw = kernel.shape[:2]
-    g = math.sqrt(2.0) * (gamma(kh * kw + 1, kernel.dtype) + 2.0 * _TWIDDLE_ERR)
-    a = jnp.sum(jnp.abs(kernel), axis=(0, 1))
-    return lax.stop_gradient(g * jnp.sqrt(jnp.sum(a * a)))
-
-
-def _circular_setup(kernel, hw, st, pads):
-    """(polyphase kernel, circular size per axis after the stride) for any padding.
-
-    Circular padding needs s | n; zero padding embeds into a circular conv (:func:`circular_size`).
-    """
-    if pads == "CIRCULAR":
-        for axis in range(2):
-            if hw[axis] % st[axis]:
-                raise ValueError(
-                    f"strides {st} must divide input_shape {hw} for a circular convolution "
-                    f"(axis {axis}: {hw[axis]} % {st[axis]} != 0)"
-                )
-        big = hw
-    else:
-        big = tuple(
-            circular_size(hw[a], kernel.shape[a], st[a], pads[a][0], pads[a][1]) for a in range(2)
-        )
-    n_poly = (big[0] // st[0], big[1] // st[1])
-    return polyphase_kernel(kernel, st), n_poly
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,11 +236,20 @@ def exact_spectral_norm(
       strides: an int or a pair; must divide (H, W).
     """
     kernel, hw, st, _ = _resolve(kernel, input_shape, strides, "CIRCULAR")
-    kpoly, n_poly = _circular_setup(kernel, hw, st, "CIRCULAR")
-    s = pow2_scale(kpoly)
+    kh, kw, cin, cout = kernel.shape
+    sc = scale(kernel)
+    ks = sc.x
+    if kh > hw[0] or kw > hw[1]:
+        # Taps p and p + n act on one sample: add them first (compensated, exact for two taps;
+        # the operator changes by a cyclic shift of the input), so that taps which cancel do
+        # not leave the DFT's rounding, which is relative to the taps, as the result.
+        ks, _ = alias_kernel(ks, hw)
+    kpoly, n_poly = _circular_setup(ks, hw, st, "CIRCULAR")
     if kpoly.shape[:2] == (1, 1):
         n_poly = (1, 1)  # a 1×1 kernel has the same matrix at every frequency.
-    return s * _max_sigma(*frequency_pair(kpoly / s, n_poly))
+    sigma = cover_lost(_max_sigma(*frequency_pair(kpoly, n_poly)), sc.lost,
+                       kh * kw * math.sqrt(cin * cout))  # taps lost to the scaling
+    return unscale(sigma, sc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,8 +278,9 @@ def gram_bound(
       stride), so that circular norm bounds it. No correction factor; tight as n grows.
 
     Rounding is covered: the DFT error (direct summation, 2γ_{kh+kw+4}‖Σ|k|‖_F) is added, the
-    Gram iteration carries its a-posteriori margin, and entries flushed to zero by XLA are
-    covered by an additive slack. Guarantee: ``upper``.
+    Gram iteration carries its a-posteriori margin, and taps too small to survive the exact
+    power-of-two scaling (below tiny relative to the largest) are covered by an additive slack
+    kh·kw·√(in·out)·tiny (:func:`liplax._scaling.cover_lost`). Guarantee: ``upper``.
 
     Args:
       kernel: HWIO ``(kh, kw, in, out)``.
@@ -414,10 +291,9 @@ def gram_bound(
     """
     kernel, hw, st, pads = _resolve(kernel, input_shape, strides, padding)
     num_iters = _checks.num_iters(num_iters, "num_iters")
-    s = pow2_scale(kernel)
-    ks = kernel / s
+    sc = scale(kernel)
+    ks = sc.x
     kh, kw, cin, cout = kernel.shape
-    slack = flush_slack(kernel, s, kh * kw * math.sqrt(cin * cout))
     circ_st = st
     if pads == "CIRCULAR" and (hw[0] % st[0] or hw[1] % st[1]):
         circ_st = (1, 1)  # rows 0, s, 2s, … of the stride-1 circular conv: a submatrix.
@@ -431,7 +307,7 @@ def gram_bound(
     dense_ok = pads != "CIRCULAR" or (circ_st != st and kh <= hw[0] and kw <= hw[1])
     if num_iters >= 1 and d_in <= DENSE_LIMIT and dense_ok:
         bound = jnp.minimum(bound, _dense_gram_bound(ks, hw, st, pads, num_iters))
-    return s * (bound + slack)
+    return unscale(cover_lost(bound, sc.lost, kh * kw * math.sqrt(cin * cout)), sc)
 
 
 DENSE_LIMIT = 1024
@@ -463,7 +339,7 @@ def _dense_gram_bound(ks: jax.Array, hw, st, pads, num_iters: int) -> jax.Array:
     gram_b = gram_iteration(b, num_iters - 1)
     sq = gram_b + g * trace
     # sqrt with a finite gradient at a zero kernel (where sq = 0, d sqrt would be inf·0 = NaN)
-    pos = sq > 0
+    pos = sq != 0  # NaN propagates
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
@@ -505,8 +381,8 @@ def power_iteration(
     num_iters = _checks.num_iters(num_iters, "num_iters")
     shape = (*hw, kernel.shape[2])
     v0 = init_vector(shape, kernel.dtype, u, key)
-    s = pow2_scale(kernel)
-    ks = lax.stop_gradient(kernel / s)
+    sc = scale(kernel)
+    ks = lax.stop_gradient(sc.x)
 
     def op(k, v):
         return _apply(k, v[None], st, pads)[0]
@@ -514,118 +390,4 @@ def power_iteration(
     fwd = partial(op, ks)
     transpose = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(shape, kernel.dtype))
     v = power_iteration_op(fwd, lambda y: transpose(y)[0], v0, num_iters)
-    sigma = s * jnp.sqrt(jnp.sum(op(kernel / s, v) ** 2))
-    return sigma, v
-
-
-# --------------------------------------------------------------------------------------------
-# Induced ℓ∞ and ℓ1 norms.
-# --------------------------------------------------------------------------------------------
-
-
-def _alias_groups(kernel: jax.Array, input_hw: tuple[int, int]) -> jax.Array:
-    """(r, n_h', n_w', in, out): the r taps that land on each sample of a circular layer.
-
-    Tap p reads sample (p − lo) mod n, so taps p and p + n alias; axes where k ≤ n are unchanged.
-    """
-    reps = []
-    for axis, n in enumerate(input_hw):
-        k = kernel.shape[axis]
-        r = -(-k // n) if k > n else 1
-        pad = [(0, 0)] * 4
-        pad[axis] = (0, r * n - k if k > n else 0)
-        kernel = jnp.pad(kernel, pad)
-        reps.append(r)
-    kh, kw, cin, cout = kernel.shape
-    nh, nw = kh // reps[0], kw // reps[1]
-    g = kernel.reshape(reps[0], nh, reps[1], nw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-    return g.reshape(reps[0] * reps[1], nh, nw, cin, cout)
-
-
-def alias_kernel(kernel: jax.Array, input_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
-    r"""Aliased kernel k_a[j] = Σ_{p ≡ j (mod n)} k[p] of a circular layer, and its error bound.
-
-    A circular convolution reads x[(s·i + p − lo) mod n], so taps p and p + n act on one sample;
-    the circular layer with k_a is the same operator up to a cyclic shift of the input. The sum is
-    compensated (Knuth's TwoSum; Higham, *Accuracy and Stability*, Alg. 4.3) so that cancellation
-    does not cost accuracy: |fl(k_a) − k_a| ≤ 2u|k_a| + 2γ_r²·Σ|k| elementwise; the second
-    array returned is that bound (zero where nothing aliases).
-    """
-    groups = _alias_groups(kernel, input_hw)
-    total, comp = groups[0], jnp.zeros_like(groups[0])
-    for r in range(1, groups.shape[0]):
-        x = groups[r]
-        t = total + x
-        bp = t - total
-        comp = comp + ((total - (t - bp)) + (x - bp))
-        total = t
-    out = total + comp
-    r = groups.shape[0]
-    if r == 1:
-        return out, jnp.zeros_like(out)
-    u = unit_roundoff(kernel.dtype)
-    g = gamma(r, kernel.dtype)
-    err = 2.0 * u * jnp.abs(out) + 2.0 * g * g * jnp.sum(jnp.abs(groups), axis=0)
-    return out, err
-
-
-def _abs_sums(kernel, input_shape, strides, padding, transpose: bool) -> jax.Array:
-    """Largest row (or column) sum of |A|, computed through the layer with kernel |k|."""
-    kernel, hw, st, pads = _resolve(kernel, input_shape, strides, padding)
-    s = pow2_scale(kernel)
-    abs_k = jnp.abs(kernel / s)
-    if pads == "CIRCULAR" and (kernel.shape[0] > hw[0] or kernel.shape[1] > hw[1]):
-        # Aliased taps are a signed sum; its (small, compensated) error bound is added to
-        # |fl(Σk)| entry by entry so the result stays an upper bound under cancellation.
-        k_alias, err = alias_kernel(kernel / s, hw)
-        abs_k = jnp.abs(k_alias) + err
-        kernel = abs_k
-    shape = (1, *hw, kernel.shape[2])
-    fwd = partial(_apply, abs_k, strides=st, pads=pads)
-    if transpose:
-        out = jax.eval_shape(fwd, jax.ShapeDtypeStruct(shape, kernel.dtype))
-        (sums,) = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(shape, kernel.dtype))(
-            jnp.ones(out.shape, kernel.dtype)
-        )
-        terms = kernel.shape[0] * kernel.shape[1] * kernel.shape[3]
-    else:
-        sums = fwd(jnp.ones(shape, kernel.dtype))
-        terms = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
-    return s * jnp.max(sums) * (1.0 + 2.0 * gamma(terms, kernel.dtype))
-
-
-@guarantee("upper")
-def norm_inf(
-    kernel: jax.Array,
-    input_shape: tuple[int, int],
-    *,
-    strides: int | tuple[int, int] = 1,
-    padding: _checks.Padding = "SAME",
-) -> jax.Array:
-    r"""Induced ℓ∞→ℓ∞ norm of the layer: the largest absolute row sum of its matrix.
-
-    The row sums of |A| are the layer with kernel |k| applied to the all-ones input, so every
-    padding and stride (border rows that see fewer taps included) is accounted for exactly; for
-    circular padding the kernel is first aliased modulo the input size (:func:`alias_kernel`),
-    so taps that land on one sample add before the absolute value. Exact for every padding;
-    reported as ``upper`` because the sum is rounded up by (1 + 2γ_terms) so it never falls
-    below the float64 truth. Reference: Horn & Johnson, *Matrix Analysis*, §5.6.5.
-    """
-    return _abs_sums(kernel, input_shape, strides, padding, transpose=False)
-
-
-@guarantee("upper")
-def norm_1(
-    kernel: jax.Array,
-    input_shape: tuple[int, int],
-    *,
-    strides: int | tuple[int, int] = 1,
-    padding: _checks.Padding = "SAME",
-) -> jax.Array:
-    r"""Induced ℓ1→ℓ1 norm of the layer: the largest absolute column sum of its matrix.
-
-    Column sums of |A| are |A|ᵀ1, the linear transpose of the layer with kernel |k| applied to
-    the all-ones output (kernel aliased first for circular padding). Same guarantee as
-    :func:`norm_inf`: exact, rounded up. Reference: Horn & Johnson, §5.6.4.
-    """
-    return _abs_sums(kernel, input_shape, strides, padding, transpose=True)
+    return unscale(jnp.sqrt(jnp.sum(op(sc.x, v) ** 2)), sc), v

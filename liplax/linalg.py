@@ -4,8 +4,12 @@ Layout follows ``flax.nnx.Linear``: a weight ``w`` of shape ``(in, out)`` is the
 ``x ↦ x @ w`` on row vectors. The spectral norm is the same for ``w`` and ``wᵀ``; the induced
 ℓ∞ and ℓ1 norms are not, and :func:`norm_inf` / :func:`norm_1` are those of the map ``x ↦ x @ w``.
 
-Every function scales its input by an exact power of two before working (so 1e-30 and 1e30
-matrices neither underflow nor overflow in float32) and undoes the scaling at the end.
+Every bound scales its input by an exact power of two before working and undoes the scaling at
+the end, with integer operations on the bits (:mod:`liplax._scaling`), so subnormal (1e-40) and
+near-overflow (3e38) matrices are handled in float32 although XLA flushes subnormals: a result
+is never a wrong small number. NaN entries give NaN, infinite ones inf, a norm beyond the
+dtype's range inf, and a non-zero norm below the smallest normal number is reported as that
+number.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from liplax import _checks
+from liplax._scaling import cover_lost, scale, unscale
+from liplax._scaling import pow2 as _pow2
 from liplax.guarantee import gamma, guarantee, unit_roundoff
 
 _HI = lax.Precision.HIGHEST
@@ -32,12 +38,16 @@ def pow2_scale(x: jax.Array) -> jax.Array:
     """A power of two ``s`` (no gradient) with max|x/s| in [1, 2); 1 for a zero array.
 
     Dividing by a power of two is exact in binary floating point, so the scaling costs no
-    rounding; operator norms are 1-homogeneous, so ‖x‖ = s·‖x/s‖.
+    rounding; operator norms are 1-homogeneous, so ‖x‖ = s·‖x/s‖. ``s`` is clipped to
+    [2^{3−e_max}, 2^{e_max−3}] so that both s and 1/s are normal (XLA divides by multiplying
+    with the reciprocal, and flushes subnormals): max|x/s| < 8 near overflow, and subnormal x
+    stay out of reach (they are flushed anyway). The bound operators use
+    :func:`liplax._scaling.scale` instead, which has neither limit.
     """
-    m = jnp.max(jnp.abs(x))
-    _, e = jnp.frexp(m)  # m = f·2^e with f in [0.5, 1)
-    s = jnp.where(m > 0, jnp.ldexp(jnp.ones_like(m), e - 1), jnp.ones_like(m))
-    return lax.stop_gradient(s)
+    sc = scale(lax.stop_gradient(x))
+    e_max = int(jnp.finfo(x.dtype).maxexp) - 1
+    k = jnp.clip(sc.k, 3 - e_max, e_max - 3)
+    return lax.stop_gradient(jnp.where(jnp.any(x != 0), _pow2(k, x.dtype), jnp.ones((), x.dtype)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,33 +83,15 @@ def spectral_norm(w: jax.Array) -> jax.Array:
       A scalar in ``w``'s compute dtype.
     """
     w = _checks.matrix(w, "w")
-    s = pow2_scale(w)
-    return s * _sigma_max(w / s)
+    sc = scale(w)
+    # Entries lost to the scaling (< tiny after it) move σ₁ by ≤ √(mn)·tiny: covered, so a
+    # cancellation to ~0 never hides a non-zero truth.
+    return unscale(cover_lost(_sigma_max(sc.x), sc.lost, math.sqrt(w.size)), sc)
 
 
 # --------------------------------------------------------------------------------------------
 # Upper bound: Gram iteration with rescaling and an a-posteriori rounding margin.
 # --------------------------------------------------------------------------------------------
-
-
-def flush_slack(x: jax.Array, s: jax.Array, norm_of_unit_perturbation: float) -> jax.Array:
-    """Additive slack (in units of x/s) covering entries that XLA flushes to zero.
-
-    XLA on CPU (and most accelerators) flushes subnormal numbers to zero in arithmetic, so an
-    entry with |x| < tiny (or |x/s| < tiny) is computed as 0. The lost part E has entries below
-    tiny·max(1, 1/s) in the scaled units, so any operator norm of it is at most
-    ``norm_of_unit_perturbation``·tiny·max(1, 1/s), where ``norm_of_unit_perturbation`` bounds the
-    norm of an operator whose parameters are all at most one in magnitude (√(mn) for a matrix).
-    Zero for an array whose bits are all zero, so a zero matrix keeps a zero bound. Detected with
-    integer bit operations, which flushing does not touch.
-    """
-    finfo = jnp.finfo(x.dtype)
-    int_dtype = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
-    bits = lax.bitcast_convert_type(x, int_dtype)
-    abs_mask = (1 << (8 * x.dtype.itemsize - 1)) - 1
-    nonzero = jnp.any((bits & abs_mask) != 0)
-    slack = norm_of_unit_perturbation * float(finfo.tiny) * jnp.maximum(1.0, 1.0 / s)
-    return lax.stop_gradient(jnp.where(nonzero, slack, 0.0).astype(s.dtype))
 
 
 def gram_iteration(g: jax.Array, num_iters: int) -> jax.Array:
@@ -159,12 +151,13 @@ def _frob(re: jax.Array, im: jax.Array | None) -> jax.Array:
     ss = jnp.sum(re * re, axis=(-2, -1))
     if im is not None:
         ss = ss + jnp.sum(im * im, axis=(-2, -1))
-    pos = ss > 0
+    pos = ss != 0  # NaN and inf propagate: a non-finite matrix never gets a finite bound
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
 
 
 def _safe(a: jax.Array) -> jax.Array:
-    return jnp.where(a > 0, a, jnp.ones_like(a))
+    """``a`` with zeros replaced by one (NaN and inf kept, so they reach the bound)."""
+    return jnp.where(a == 0, jnp.ones_like(a), a)
 
 
 def _normalized_gram(re: jax.Array, im: jax.Array | None):
@@ -178,7 +171,7 @@ def _normalized_gram(re: jax.Array, im: jax.Array | None):
     ss = jnp.sum(re * re, axis=(-2, -1))
     if im is not None:
         ss = ss + jnp.sum(im * im, axis=(-2, -1))
-    pos = ss > 0
+    pos = ss != 0  # NaN and inf propagate: a non-finite matrix never gets a finite bound
     a = jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1.0)), 0.0)
     d = _safe(ss)[..., None, None]
     if im is None:
@@ -232,7 +225,7 @@ def gram_finish(state: GramState, m: int) -> jax.Array:
     weights = jnp.asarray([2.0**-t for t in range(num_iters + 1)], real_dtype)
     log_bound = jnp.tensordot(weights, logs, axes=(0, 0))
     # A zero input stays zero; a non-zero one cannot reach zero: ‖(G/a)ᴴ(G/a)‖_F ≥ 1/n.
-    nonzero = final > 0
+    nonzero = final != 0  # NaN (from a NaN or inf entry) gives NaN
     bound = jnp.where(nonzero, jnp.exp(jnp.where(nonzero, log_bound, 0.0)), 0.0)
     is_complex = state.im is not None
     margin = lax.stop_gradient(_gram_margin(logs, num_iters, m, n, real_dtype, is_complex))
@@ -289,12 +282,10 @@ def gram_bound(w: jax.Array, *, num_iters: int = 6) -> jax.Array:
     """
     w = _checks.matrix(w, "w")
     num_iters = _checks.num_iters(num_iters, "num_iters")
-    s = pow2_scale(w)
-    g = w / s
-    if g.shape[0] < g.shape[1]:
-        g = g.T
-    slack = flush_slack(w, s, math.sqrt(w.shape[0] * w.shape[1]))
-    return s * (gram_iteration(g, num_iters) + slack)
+    sc = scale(w)
+    g = sc.x if w.shape[0] >= w.shape[1] else sc.x.T
+    bound = cover_lost(gram_iteration(g, num_iters), sc.lost, math.sqrt(w.shape[0] * w.shape[1]))
+    return unscale(bound, sc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,11 +353,10 @@ def power_iteration(
     w = _checks.matrix(w, "w")
     num_iters = _checks.num_iters(num_iters, "num_iters")
     v0 = init_vector((w.shape[0],), w.dtype, u, key)
-    s = pow2_scale(w)
-    ws = lax.stop_gradient(w / s)
+    sc = scale(w)
+    ws = lax.stop_gradient(sc.x)
     v = power_iteration_op(lambda x: _mm(x, ws), lambda y: _mm(ws, y), v0, num_iters)
-    sigma = s * jnp.linalg.norm(_mm(v, w / s))
-    return sigma, v
+    return unscale(jnp.linalg.norm(_mm(v, sc.x)), sc), v
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,8 +372,8 @@ def norm_inf(w: jax.Array) -> jax.Array:
     Reference: Horn & Johnson, *Matrix Analysis*, §5.6.5.
     """
     w = _checks.matrix(w, "w")
-    s = pow2_scale(w)
-    return s * jnp.max(jnp.sum(jnp.abs(w / s), axis=0))
+    sc = scale(w)
+    return unscale(cover_lost(jnp.max(jnp.sum(jnp.abs(sc.x), axis=0)), sc.lost, w.shape[0]), sc)
 
 
 @guarantee("exact")
@@ -393,5 +383,5 @@ def norm_1(w: jax.Array) -> jax.Array:
     Guarantee: ``exact`` (relative rounding error ≤ γ_out). Reference: Horn & Johnson, §5.6.4.
     """
     w = _checks.matrix(w, "w")
-    s = pow2_scale(w)
-    return s * jnp.max(jnp.sum(jnp.abs(w / s), axis=1))
+    sc = scale(w)
+    return unscale(cover_lost(jnp.max(jnp.sum(jnp.abs(sc.x), axis=1)), sc.lost, w.shape[1]), sc)

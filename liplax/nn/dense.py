@@ -19,6 +19,7 @@ from flax import nnx
 from jax import lax
 
 from liplax import linalg
+from liplax._scaling import scale, unscale
 from liplax.guarantee import Bound
 from liplax.nn._base import (
     LipschitzModule,
@@ -71,13 +72,14 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     estimate into the step costs two matrix-vector products per call instead of three, which
     keeps the training penalty cheap (``benchmarks/penalty_step.py``).
 
-    ``w`` is divided by an exact power of two c first (σ̂(w) = c·σ̂(w/c)), so 1e-30 and 1e30
-    weights neither underflow nor overflow in the sums of squares.
+    ``w`` is scaled by an exact power of two c first (σ̂(w) = c·σ̂(w/c), done on the bits by
+    :func:`liplax._scaling.scale`), so subnormal and near-overflow weights neither flush nor
+    overflow in the sums of squares; NaN weights give NaN, infinite ones inf.
 
     Returns ``(σ̂, u')``, u' without gradient.
     """
-    c = linalg.pow2_scale(w)
-    w = w / c
+    sc = scale(w)
+    w = sc.x
     ws = lax.stop_gradient(w)
 
     def step(_, u):
@@ -89,7 +91,7 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     y_hat = lax.stop_gradient(linalg.normalize(u @ ws))
     z = w @ y_hat
     sigma = jnp.sqrt(jnp.sum(z * z))
-    return c * sigma, lax.stop_gradient(linalg.normalize(z))
+    return unscale(sigma, sc), lax.stop_gradient(linalg.normalize(z))
 
 
 def check_p_est(layer: LipschitzModule, p) -> float:

@@ -17,23 +17,32 @@ from liplax.nn.dense import DenseBase
 
 
 def project_l1_ball(w: jax.Array, radius: float = 1.0, axis: int = 0) -> jax.Array:
-    """Euclidean projection of every slice of ``w`` along ``axis`` onto {v : ‖v‖₁ ≤ radius}.
+    r"""Euclidean projection of every slice of ``w`` along ``axis`` onto {v : ‖v‖₁ ≤ radius}.
 
-    θ = (Σ_{k≤ρ} μ_k − r)/ρ with μ the sorted |v| (descending) and ρ the largest index with
-    μ_ρ > (Σ_{k≤ρ} μ_k − r)/ρ; the projection is sign(v)·max(|v| − θ, 0) (Duchi et al. 2008).
+    With μ the sorted |v| (descending), the projection is sign(v)·max(|v| − θ, 0) where
+    θ = (Σ_{k≤ρ} μ_k − r)/ρ and ρ is the largest index with μ_ρ > θ_ρ (Duchi et al. 2008).
+    Written in the gaps D_k = μ₁ − μ_k to the largest magnitude, the test is
+    Σ_{k≤j}(D_j − D_k) < r and the result is max(t − D_i, 0) with t = (Σ_{k≤ρ} D_k + r)/ρ:
+    both are differences of quantities of order r, never of order μ₁, so weights of 1e8 or
+    1e30 project as accurately as weights of 1 (the textbook form subtracts θ ≈ μ₁ from |v|
+    and rounds everything to 0 once ulp(μ₁) > r). In the support the gaps are exact
+    (Sterbenz: μ_i > μ₁ − r ≥ μ₁/2 once μ₁ ≥ 2r). Slices already inside the ball are returned
+    unchanged; NaN or infinite entries give NaN in their slice.
     """
     v = jnp.moveaxis(w, axis, -1)
     a = jnp.abs(v)
     mu = -jnp.sort(-a, axis=-1)
-    css = jnp.cumsum(mu, axis=-1)
+    top = mu[..., :1]
+    gaps = top - mu  # D_k ≥ 0, D_1 = 0
+    cgaps = jnp.cumsum(gaps, axis=-1)
     idx = jnp.arange(1, v.shape[-1] + 1, dtype=v.dtype)
-    cond = mu - (css - radius) / idx > 0
-    rho = jnp.sum(cond, axis=-1, keepdims=True)  # ≥ 1 when ‖v‖₁ > r
-    css_rho = jnp.take_along_axis(css, jnp.maximum(rho - 1, 0), axis=-1)
-    theta = jnp.maximum((css_rho - radius) / jnp.maximum(rho, 1).astype(v.dtype), 0.0)
+    cond = idx * gaps - cgaps < radius  # true for j = 1; a prefix in exact arithmetic
+    rho = jnp.sum(jnp.cumprod(cond, axis=-1), axis=-1, keepdims=True)
+    c_rho = jnp.take_along_axis(cgaps, jnp.maximum(rho - 1, 0), axis=-1)
+    t = (c_rho + radius) / jnp.maximum(rho, 1).astype(v.dtype)
     inside = jnp.sum(a, axis=-1, keepdims=True) <= radius
-    proj = jnp.where(inside, v, jnp.sign(v) * jnp.maximum(a - theta, 0.0))
-    return jnp.moveaxis(proj, -1, axis)
+    proj = jnp.sign(v) * jnp.maximum(t - (top - a), 0.0)
+    return jnp.moveaxis(jnp.where(inside, v, proj), -1, axis)
 
 
 class LinfDense(DenseBase):
