@@ -19,7 +19,7 @@ from flax import nnx
 from jax import lax
 
 from liplax import linalg
-from liplax.guarantee import Bound
+from liplax.guarantee import Bound, exact_sum
 from liplax.nn._base import (
     LipschitzModule,
     PowerIterState,
@@ -36,13 +36,19 @@ METHODS = ("exact", "gram")
 
 def matrix_bound(w: jax.Array, p: float, *, method: str = "exact", gram_iters: int = 6) -> Bound:
     """Certified ℓp norm of x ↦ x @ w: exact SVD or Gram upper bound for p=2, exact for p=1, ∞."""
-    if p == 1:
-        return Bound(linalg.norm_1(w), "exact")
-    if p == math.inf:
-        return Bound(linalg.norm_inf(w), "exact")
-    if method == "exact":
-        return Bound(linalg.spectral_norm(w), "exact")
-    return Bound(linalg.gram_bound(w, num_iters=gram_iters), "upper")
+    if p == 2 and method != "exact":
+        return Bound(linalg.gram_bound(w, num_iters=gram_iters), "upper")
+    m, n = w.shape[-2], w.shape[-1]
+    if p == 1:  # sums of n (ℓ1) / m (ℓ∞) terms, made to meet the exact margin (exact_sum)
+        value, unit = exact_sum(linalg.norm_1(w), n), n
+    elif p == math.inf:
+        value, unit = exact_sum(linalg.norm_inf(w), m), m
+    else:
+        value, unit = linalg.spectral_norm(w), math.sqrt(m * n)
+    # subnormal entries are flushed to 0 (XLA on CPU): a non-zero w never gets a 0 norm.
+    w = w.astype(value.dtype)  # the compute dtype (bfloat16/float16 weights are upcast)
+    s = linalg.pow2_scale(w)
+    return Bound(value + s * linalg.flush_slack(w, s, unit), "exact")
 
 
 def check_method(method: str, layer: str) -> str:
