@@ -88,7 +88,8 @@ def _matrices(seed: int, depth: int, family: str, log_lo: float, log_hi: float, 
     rng = np.random.default_rng(seed)
     logs = rng.uniform(log_lo, log_hi, depth)
     if family == "alternating":  # tiny/huge pairs whose product is ~1
-        logs = np.where(np.arange(depth) % 2 == 0, log_hi, -log_hi) + rng.uniform(-1, 1, depth)
+        a = min(abs(log_hi), 30.0 if dtype == F32 else 270.0)
+        logs = np.where(np.arange(depth) % 2 == 0, a, -a) + rng.uniform(-1, 1, depth)
     mats = []
     vecs = [rng.uniform(0.5, 2.0, WIDTH) for _ in range(depth + 1)]
     for i in range(depth):
