@@ -29,7 +29,9 @@ import numpy as np
 from jax import lax
 
 from liplax import _checks
-from liplax.guarantee import Bound, require_certified
+from liplax._radius import certifiable as _certifiable
+from liplax._radius import safe_radius as _safe_radius
+from liplax.guarantee import Bound, exact_margin, require_certified
 from liplax.nn import check_p
 
 HEADS = ("global", "per_logit")
@@ -70,12 +72,16 @@ def _certificate_terms(lipschitz, p, head: str, input_scale):
 
     c is the largest |δ_y − δ_j| over logit changes δ with ‖δ‖_p ≤ 1 (global head: 2^{1−1/p})
     or with every |δ_i| ≤ 1 (per-logit head: 2); x ↦ (x − μ)/s is (1/min s)-Lipschitz.
+    An ``exact`` bound may sit below the truth by its rounding (guarantee.exact_margin), so L is
+    that value rounded up by twice the margin; an ``upper`` bound or a plain number is used as is.
     """
     p = check_p(p, "certify")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     factor = 2.0 if head == "per_logit" else 2.0 ** (1.0 - 1.0 / p)
     bound = _bound_value(lipschitz, "lipschitz")
+    if isinstance(lipschitz, Bound) and lipschitz.kind == "exact":
+        bound = bound * (1.0 + 2.0 * exact_margin(bound.dtype))
     s = _checks.float_array(input_scale, "input_scale")
     _finite(s, "input_scale")
     v = _concrete(s)
@@ -138,23 +144,13 @@ def certified_radius(
 
     Returns:
       the radius (same leading shape as labels). Guarantee: no perturbation of p-norm below the
-      radius changes the prediction, provided ``lipschitz`` is a valid bound (up to float
-      rounding of one division, about one ulp).
+      radius changes the prediction, provided ``lipschitz`` is a valid bound: the radius is
+      rounded down (never above margin·min s/(c·L), rounding, underflow and overflow included;
+      see :func:`liplax._radius.safe_radius`). It is inf only for L = 0 (a constant network);
+      a radius beyond the dtype's range is its largest finite number.
     """
     factor, L, s = _certificate_terms(lipschitz, p, head, input_scale)
-    m = margins(logits, labels)
-    ok = _certifiable(m, L)
-    safe = jnp.where(ok, m, 1.0)
-    return jnp.where(ok, safe / (factor * L) * s, 0.0)
-
-
-def _certifiable(m: jax.Array, L: jax.Array) -> jax.Array:
-    """Where a certificate may be issued: a positive, finite margin and a finite bound L ≥ 0.
-
-    Concrete non-finite values raise before this; under ``jit`` they cannot, so an example
-    whose margin or bound is NaN or ±inf is simply never certified (radius 0)."""
-    good_l = jnp.isfinite(L) & (L >= 0)
-    return (m > 0) & jnp.isfinite(m) & good_l
+    return _safe_radius(margins(logits, labels), L, factor, s)
 
 
 def certified_accuracy(
@@ -182,9 +178,11 @@ def certified_accuracy(
     if ev is not None and np.any(ev < 0):
         raise ValueError(f"eps must be ≥ 0, got {ev}")
     m = margins(logits, labels)
-    L = jnp.broadcast_to(L, m.shape)[..., None]
-    ok = _certifiable(m, L[..., 0])[..., None]
-    certified = ok & (m[..., None] > factor * L * (eps.reshape(-1) / s))  # (..., radii)
+    radius = _safe_radius(m, L, factor, s)[..., None]
+    ok = _certifiable(*jnp.broadcast_arrays(m, L))[..., None]
+    radii = eps.reshape(-1)
+    # ε < r̂ ≤ margin·s/(c·L) implies margin > c·L·ε/s; at ε = 0 every positive margin counts.
+    certified = ok & ((radii == 0) | (radii < radius))  # (..., radii)
     acc = jnp.mean(certified.reshape(-1, certified.shape[-1]).astype(jnp.float32), axis=0)
     return acc.reshape(eps.shape)
 

@@ -27,7 +27,7 @@ Bradbury et al., *JAX: composable transformations of Python+NumPy programs*, 201
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -248,6 +248,12 @@ def _model_bounds(graphdef, input_shape: tuple, p, starts, lower_steps, state) -
     return out
 
 
+@lru_cache(maxsize=64)
+def _bounds_fn(graphdef, input_shape: tuple, p, lower_steps: int):
+    """The bounds function of one architecture, kept so that its hash (identity) is reused."""
+    return partial(_model_bounds, graphdef, input_shape, p, None, lower_steps)
+
+
 def model_sweep(
     models,
     input_shape,
@@ -312,8 +318,11 @@ def model_sweep(
             )
         starts = jnp.concatenate([jnp.zeros_like(xs[:1]), xs], axis=0)
     states = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[s for _, s in splits])
-    out = sweep(partial(_model_bounds, graphdef, shape, p, starts, lower_steps), states,
-                chunk_size=chunk_size, mesh=mesh)
+    if starts is None:  # one cached function per architecture: sweep's jit cache then hits
+        fn = _bounds_fn(graphdef, shape, p, lower_steps)
+    else:
+        fn = partial(_model_bounds, graphdef, shape, p, starts, lower_steps)
+    out = sweep(fn, states, chunk_size=chunk_size, mesh=mesh)
     kids = _children(models[0])
     names = [_name(models[0])] if kids is None else [_name(layer) for layer in kids]
     result = {"trivial": out["trivial"], "layers": list(zip(names, out["layers"], strict=True))}

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from liplax.guarantee import Bound
+from liplax.guarantee import Bound, gamma
 from liplax.nn import check_p
 from liplax.verify.adapters import weights_from_list
 
@@ -84,26 +85,78 @@ def psd_sqrt(g: np.ndarray) -> np.ndarray:
 def spectral_norm_upper(m: np.ndarray) -> float:
     """σ₁(m) from the eigenvalues of the smaller Gram matrix, rounded up past float64 error.
 
-    λ_max of a symmetric matrix is computed with absolute error ≲ n·u·‖G‖ = n·u·σ₁², and forming
-    the Gram adds k·u·σ₁² (k the inner dimension): a relative margin of 4·(n+k)·u covers both.
+    m is first divided by a power of two 2^e near max|m_ij| (exact), so the Gram matrix neither
+    underflows (1e-200 entries) nor overflows (1e200); σ₁(m) = 2^e·σ₁(m/2^e). λ_max of a
+    symmetric matrix is computed with absolute error ≲ n·u·‖G‖ = n·u·σ₁², and forming the Gram
+    adds k·u·σ₁² (k the inner dimension): a relative margin of 4·(n+k)·u covers both; the
+    square root and the final scaling add ≤ 2u, covered by one more 4u. Entries so small that
+    m/2^e is subnormal lose ≤ 2^-1022 relative to max|m| each, far inside the margin.
     """
+    big = float(np.max(np.abs(m))) if m.size else 0.0
+    if big == 0.0 or not math.isfinite(big):
+        return big
+    e = math.frexp(big)[1]
+    m = np.ldexp(m, -e)
     g = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
     lam = float(np.linalg.eigvalsh(g)[-1])
     u = np.finfo(np.float64).eps / 2
-    return math.sqrt(max(lam, 0.0) * (1.0 + 4.0 * sum(m.shape) * u))
+    return _round_up_product([math.sqrt(max(lam, 0.0) * (1.0 + 4.0 * sum(m.shape) * u))],
+                             4.0 * u, exponent=e)
+
+
+def induced_norm_upper(m: np.ndarray, p: float) -> float:
+    """:func:`induced_norm` for p = 1 or ∞ rounded up past its summation error.
+
+    The abs-sums have n = m.shape[0] (ℓ∞, columns) or m.shape[1] (ℓ1, rows) non-negative
+    terms: whatever the order NumPy adds them in, the computed sum ŝ ≥ (1 − γ_{n−1})·s
+    (Higham, *Accuracy and Stability*, §4.2), so s ≤ ŝ·(1 + 2γ_{n−1}) once rounded up."""
+    n = m.shape[0] if p == math.inf else m.shape[1]
+    return _round_up_product([induced_norm(m, p)], 2.0 * gamma(max(n - 1, 1), np.float64))
+
+
+def _round_up_product(factors, margin: float, *, exponent: int = 0) -> float:
+    """Π factors · (1 + margin) · 2^exponent in float64, rounded up past its own arithmetic.
+
+    Mantissas and exponents are multiplied and added separately (math.frexp/ldexp, exact), so
+    no partial product under- or overflows; each of the L products and the margin's product
+    round by ≤ u, covered by a further 2(L + 1)u. A non-zero result below the smallest normal
+    number is that number; one past the largest finite number is inf; exactly 0 only when a
+    factor is 0; NaN for a NaN factor or 0·inf."""
+    factors = [float(f) for f in factors]
+    if any(math.isnan(f) for f in factors):
+        return math.nan
+    if any(math.isinf(f) for f in factors):
+        return math.nan if 0.0 in factors else math.inf
+    if 0.0 in factors:
+        return 0.0
+    u = np.finfo(np.float64).eps / 2
+    mant, expo = 1.0, exponent
+    for f in factors:
+        fm, fe = math.frexp(f)
+        mant, me = math.frexp(mant * fm)
+        expo += fe + me
+    mant *= 1.0 + margin + 2.0 * (len(factors) + 1) * u
+    try:
+        value = math.ldexp(mant, expo)
+    except OverflowError:
+        return math.inf
+    return max(value, sys.float_info.min)
 
 
 def trivial_bound(weights, *, p: float | str = 2) -> Bound:
     """Π_l ‖W_l‖_{p→p}: the product of the layers' norms (activations 1-Lipschitz).
 
     Valid for ReLU, |·| and CReLU activations in every p-norm (each is 1-Lipschitz for ℓ1, ℓ2
-    and ℓ∞). Guarantee: ``upper`` (the ℓ2 factors are rounded up past float64 error). Computed
-    in float64 NumPy; see ``liplax.bounds`` for the bound of an NNX model inside JAX.
+    and ℓ∞). Guarantee: ``upper``, rounding included: every factor is rounded up past its own
+    float64 error (:func:`spectral_norm_upper` for ℓ2, :func:`induced_norm_upper` for the n-term
+    abs-sums of ℓ1/ℓ∞) and their product past its multiplications (:func:`_round_up_product`:
+    no partial product under- or overflows, never 0 unless a layer is 0, inf past the range).
+    Computed in float64 NumPy; see ``liplax.bounds`` for the bound of an NNX model inside JAX.
     """
     p = check_p(p, "trivial_bound")
     ws = weights_from_list(weights)
     if p == 2:
-        value = math.prod(spectral_norm_upper(w) for w in ws)
+        factors = [spectral_norm_upper(w) for w in ws]
     else:
-        value = math.prod(induced_norm(w, p) for w in ws)
-    return as_bound(value, "upper")
+        factors = [induced_norm_upper(w, p) for w in ws]
+    return as_bound(_round_up_product(factors, 0.0), "upper")
