@@ -28,21 +28,10 @@ from hypothesis import strategies as st
 import liplax.nn as ln
 from liplax.guarantee import exact_margin
 from tests.nn_helpers import induced_norm, rngs
+from tests.test_nn_plain import _custom_conv, _custom_dot, _custom_promote
 from tests.test_nn_spectral_state import program_bounds, program_jacobians
 
 P_ALL = (1, 2, math.inf)
-
-
-def _scaled_dot(*a, **k):
-    return 3.0 * jax.lax.dot_general(*a, **k)
-
-
-def _scaled_conv(*a, **k):
-    return 3.0 * jax.lax.conv_general_dilated(*a, **k)
-
-
-def _scaled_promote(arrays, dtype=None):
-    return tuple(None if a is None else 3.0 * a for a in arrays)
 
 
 class _ScaledConv(nnx.Conv):
@@ -63,14 +52,14 @@ _LINEAR_OPTIONS = dict(
     use_bias=st.booleans(),
     dtype=st.sampled_from(DTYPES),
     preferred_element_type=st.sampled_from(DTYPES),
-    dot_general=st.sampled_from([None, _scaled_dot]),
-    promote_dtype=st.sampled_from([None, _scaled_promote]),
+    dot_general=st.sampled_from([None, _custom_dot]),
+    promote_dtype=st.sampled_from([None, _custom_promote]),
     precision=st.sampled_from([None, "highest"]),
 )
 _CONV_OPTIONS = dict(
     _LINEAR_OPTIONS,
     dot_general=st.just(None),
-    conv_general_dilated=st.sampled_from([None, _scaled_conv]),
+    conv_general_dilated=st.sampled_from([None, _custom_conv]),
     kernel_size=st.sampled_from([(3, 3), (2, 2), (1, 3), (3,), (2, 2, 2)]),
     strides=st.sampled_from([1, 2, (1, 2), None]),
     padding=st.sampled_from(["SAME", "VALID", "CIRCULAR", "same", 1, ((1, 0), (0, 2)),

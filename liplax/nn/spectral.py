@@ -7,8 +7,8 @@ runs on the real operator (the layer's own padding and stride, DESIGN.md §4).
 
 - Training mode (``deterministic=False``): each call does ``power_iters`` steps from the stored
   u, stores the new u and divides by σ̂ (gradient through σ̂ with u held fixed).
-- Inference mode (``model.eval()``): σ̂ = ‖A u‖ from the stored u, floored (below); nothing
-  moves.
+- Inference mode (``model.eval()``): σ̂ = ‖A u‖ from the stored u (W itself where σ̂ is
+  rounding noise, below); nothing moves.
 - The parameters are never written; the normalization is recomputed from them at every call.
 
 Because σ̂ ≤ σ₁ (an estimate from below), the layer's true constant is σ₁/σ̂ ≥ 1, close to 1
