@@ -46,7 +46,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from liplax import _checks
-from liplax import conv as conv_ops
 from liplax.guarantee import compose_kind
 from liplax.linalg import pow2_scale
 from liplax.nn._base import check_p, shape_tuple
@@ -62,7 +61,7 @@ from liplax.nn.containers import (
 from liplax.nn.conv import Conv
 from liplax.nn.dense import Dense, power_sigma
 from liplax.nn.sinusoidal import SinusoidalDense
-from liplax.nn.spectral import SpectralConv, SpectralDense
+from liplax.nn.spectral import SpectralConv, SpectralDense, conv_batch, normalized
 
 _DENSE_TYPES = (Dense, SinusoidalDense)
 """Layers whose ℓ2 fast value is ``power_sigma(kernel, power_state, power_iters)``."""
@@ -150,35 +149,6 @@ def _unit_rows(v: jax.Array) -> jax.Array:
     return v / jnp.where(n > 0, n, jnp.ones_like(n))
 
 
-def _conv_batch(kernels: jax.Array, v: jax.Array, strides, pads) -> jax.Array:
-    r"""(A_g v_g)_g for G kernels (G, kh, kw, in, out) and G inputs (G, H, W, in).
-
-    The layer's cross-correlation y[i, j, o] = Σ_{p,q,c} x_pad[s_h i + p, s_w j + q, c] k[p, q,
-    c, o] (``pads`` resolved by :func:`liplax._checks.padding`: zero (lo, hi) pairs or flax's
-    wrapped ``"CIRCULAR"``), written as one batched matrix product of the kh·kw shifted strided
-    views ("im2col") with the kernels: (G, H'W', kh·kw·in) @ (G, kh·kw·in, out). A batched
-    ``lax.conv_general_dilated`` over per-item kernels becomes a grouped convolution, which XLA's
-    CPU backend runs several times slower than the per-layer convolutions
-    (``benchmarks/grouped.py``); the batched product does not.
-    """
-    g, kh, kw, cin, cout = kernels.shape
-    if pads == "CIRCULAR":
-        cp = conv_ops._circular_pads((kh, kw))
-        v = jnp.pad(v, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
-    else:
-        v = jnp.pad(v, ((0, 0), pads[0], pads[1], (0, 0)))
-    (sh, sw), (hp, wp) = strides, v.shape[1:3]
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    cols = [
-        v[:, p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw, :]
-        for p in range(kh)
-        for q in range(kw)
-    ]
-    patches = jnp.stack(cols, axis=3)  # (G, H', W', kh·kw, in)
-    k = kernels.reshape(g, kh * kw, cin, cout)
-    return jnp.einsum("gijtc,gtco->gijo", patches, k, precision=lax.Precision.HIGHEST)
-
-
 def conv_power_step(
     kernels: jax.Array, states: jax.Array, *, strides, padding, num_iters: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -187,20 +157,20 @@ def conv_power_step(
     Per item, as :func:`liplax.conv.power_iteration`: s = 2^e (exact scaling), v ← Aᵀ(Av)/‖·‖
     ``num_iters`` times from v₀ = u/‖u‖ with A the layer on k/s (held fixed), then
     σ̂ = s·‖A(k/s) v‖ ≤ σ₁ (``estimate``; gradient with v fixed, Miyato et al., ICLR 2018).
-    A and Aᵀ (``jax.linear_transpose``) are :func:`_conv_batch`.
+    A and Aᵀ (``jax.linear_transpose``) are :func:`liplax.nn.spectral.conv_batch`.
     """
     hw = states.shape[1:3]
     pads = _checks.padding(padding, hw, kernels.shape[1:3], strides)
     scale = jax.vmap(pow2_scale)(kernels)[:, None, None, None, None]
     fixed = lax.stop_gradient(kernels / scale)
-    fwd = partial(_conv_batch, fixed, strides=strides, pads=pads)
+    fwd = partial(conv_batch, fixed, strides=strides, pads=pads)
     transpose = jax.linear_transpose(fwd, jax.ShapeDtypeStruct(states.shape, kernels.dtype))
 
     def body(_, v):
         return _unit_rows(transpose(fwd(v))[0])
 
     v = lax.stop_gradient(lax.fori_loop(0, num_iters, body, _unit_rows(states)))
-    out = _conv_batch(kernels / scale, v, strides, pads)
+    out = conv_batch(kernels / scale, v, strides, pads)
     return scale[:, 0, 0, 0, 0] * jnp.sqrt(jnp.sum(out * out, axis=(1, 2, 3))), v
 
 
@@ -316,7 +286,7 @@ def _forward(layer, x: jax.Array, sigmas: dict) -> jax.Array:
             )
         return x + y
     if id(layer) in sigmas:
-        return layer.apply_kernel(x, layer.kernel[...] / sigmas[id(layer)])
+        return layer.apply_kernel(x, normalized(layer.kernel[...], sigmas[id(layer)]))
     return layer(x)
 
 

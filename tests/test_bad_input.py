@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import liplax.nn as ln
 from liplax import bounds, certify, configs, conv, data, linalg, losses, train
@@ -65,6 +66,10 @@ def _scratch_file(name: str, content: bytes) -> str:
     path = SCRATCH / name
     path.write_bytes(content)
     return str(path)
+
+
+def _scaled_dot(*args, **kw):
+    return 2.0 * jax.lax.dot_general(*args, **kw)
 
 
 def _residual_changing_shape():
@@ -211,6 +216,40 @@ CASES = [
              'Sequential layer 0 (object) has no lipschitz_bound/output_shape: '
              'use liplax.nn layers (or nnx.Linear, nnx.Conv, nnx.relu, '
              'nnx.Sequential of those)'
+         )),
+    Case("nn.Sequential", "an nnx.Linear subclass (nnx.LoRALinear)",
+         lambda: ln.Sequential(nnx.LoRALinear(3, 3, lora_rank=1, rngs=rngs(0))), TypeError,
+         (
+             'Sequential layer 0 (LoRALinear) is a subclass of nnx.Linear, which liplax '
+             'bounds only as exactly nnx.Linear: a subclass may change the map (e.g. '
+             'nnx.LoRALinear adds a low-rank update to the kernel); use the flax class '
+             'itself, a liplax layer, or register an adapter '
+             '(liplax.nn.plain.register_plain_layer)'
+         )),
+    Case("nn.bound_of", "nnx.Linear with a custom dot_general",
+         lambda: ln.bound_of(nnx.Linear(3, 2, dot_general=_scaled_dot, rngs=rngs(0)), (3,)),
+         ValueError,
+         (
+             'nnx.Linear: a custom dot_general (_scaled_dot) can compute any map; only '
+             "flax's default lax.dot_general is bounded"
+         )),
+    Case("nn.bound_of", "nnx.Conv with dtype=bfloat16",
+         lambda: ln.bound_of(nnx.Conv(2, 2, (3, 3), dtype=jnp.bfloat16, rngs=rngs(0)),
+                             (5, 5, 2)),
+         ValueError,
+         (
+             "nnx.Conv: dtype=bfloat16 rounds the kernel, inputs or outputs below the "
+             "kernel's float32 (a different map); use None or a float dtype of at least "
+             "float32 that holds the kernel exactly"
+         )),
+    Case("nn.bound_of", "nnx.Conv with padding='REFLECT'",
+         lambda: ln.bound_of(nnx.Conv(2, 2, (3, 3), padding="REFLECT", rngs=rngs(0)),
+                             (5, 5, 2)),
+         ValueError,
+         (
+             "nnx.Conv: padding='REFLECT' is not bounded; use one of ('SAME', 'VALID', "
+             "'same', 'valid', 'CIRCULAR') or explicit ints ('REFLECT' duplicates border "
+             "pixels, 'CAUSAL' is 1-D)"
          )),
     Case("nn.Residual.lipschitz_bound", "an inner layer that changes the shape",
          _residual_changing_shape, ValueError,

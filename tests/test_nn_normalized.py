@@ -72,7 +72,7 @@ def test_spectral_dense_state_converges_reconverges_and_freezes():
         _train_calls(layer, x, 30)  # (1/2)^(2·30) ≈ 1e-18
         assert abs(np.asarray(layer.power_state[...]) @ _top_input_vector(w1)) > 1 - 1e-10
         b = layer.lipschitz_bound((8,))
-        assert b.kind == "exact" and float(b.value) == pytest.approx(1.0, abs=1e-9)
+        assert b.kind == "upper" and 1.0 <= float(b.value) <= 1.0 + 1e-9  # rounding included
 
         # Inference mode: calls and bounds do not move the state; train() moves it again.
         layer.kernel[...] = jnp.asarray(w0)

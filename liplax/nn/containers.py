@@ -20,7 +20,13 @@ from flax import nnx
 
 from liplax.guarantee import Bound, compose, compose_kind, product_margin, unit_roundoff
 from liplax.nn._base import LipschitzModule, check_p, shape_tuple
-from liplax.nn.plain import is_plain, plain_bound, plain_output_shape
+from liplax.nn.plain import (
+    check_plain,
+    is_plain,
+    plain_bound,
+    plain_output_shape,
+    unmodelled_subclass,
+)
 
 
 def _name(layer) -> str:
@@ -28,18 +34,37 @@ def _name(layer) -> str:
 
 
 def _children(module) -> list | None:
-    """The layers of a sequential container (liplax or flax), else None."""
-    if isinstance(module, Sequential | nnx.Sequential):
+    """The layers of a sequential container (liplax, or exactly ``nnx.Sequential``), else None.
+
+    A subclass of ``nnx.Sequential`` may change how the layers are chained (its ``__call__``):
+    it is not composed as a product (see :func:`_check_layer`)."""
+    if isinstance(module, Sequential) or type(module) is nnx.Sequential:
         return list(module.layers)
     return None
 
 
 def _check_layer(layer, where: str) -> None:
-    ok = (
-        isinstance(layer, Sequential | Residual | nnx.Sequential)
-        or is_plain(layer)
-        or (hasattr(layer, "lipschitz_bound") and hasattr(layer, "output_shape"))
-    )
+    """Raise ``TypeError`` for a layer that cannot be bounded (``ValueError`` for a plain flax
+    layer with an option that changes its map and is not modelled)."""
+    duck = hasattr(layer, "lipschitz_bound") and hasattr(layer, "output_shape")
+    if is_plain(layer):
+        try:
+            check_plain(layer)
+        except ValueError as e:
+            raise ValueError(f"{where} ({_name(layer)}): {e}") from e
+        return
+    sup = unmodelled_subclass(layer)
+    if sup is None and isinstance(layer, nnx.Sequential) and type(layer) is not nnx.Sequential:
+        sup = "nnx.Sequential"
+    if sup is not None and not duck:
+        raise TypeError(
+            f"{where} ({_name(layer)}) is a subclass of {sup}, which liplax bounds only as exactly "
+            f"{sup}: a subclass may change the map (e.g. nnx.LoRALinear adds a low-rank update "
+            "to the kernel); use the flax class itself, a liplax layer, or register an adapter "
+            "(liplax.nn.plain.register_plain_layer)"
+        )
+    ok = isinstance(layer, Sequential | Residual) or _children(layer) is not None
+    ok = ok or is_plain(layer) or duck
     if not ok:
         raise TypeError(
             f"{where} ({_name(layer)}) has no lipschitz_bound/output_shape: use liplax.nn layers "

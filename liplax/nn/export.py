@@ -19,7 +19,7 @@ from liplax.nn.activations import CosSin
 from liplax.nn.containers import Residual, Sequential
 from liplax.nn.conv import ConvBase
 from liplax.nn.dense import DenseBase
-from liplax.nn.plain import PLAIN_FUNCTIONS, is_plain
+from liplax.nn.plain import is_plain
 from liplax.nn.sinusoidal import SinusoidalDense
 
 _effective = nnx.jit(lambda layer: layer.effective_kernel())
@@ -68,7 +68,7 @@ def to_plain(model):
 
     Raises ``TypeError`` for a module it does not know.
     """
-    if isinstance(model, Sequential | nnx.Sequential):
+    if isinstance(model, Sequential) or type(model) is nnx.Sequential:  # not a subclass
         return nnx.Sequential(*[to_plain(layer) for layer in model.layers])
     if isinstance(model, Residual):
         return Residual(to_plain(model.inner))
@@ -79,7 +79,7 @@ def to_plain(model):
         return _linear(_effective(model), bias)
     if isinstance(model, ConvBase):
         return _conv(model)
-    if model in PLAIN_FUNCTIONS:
+    if is_plain(model) and not isinstance(model, nnx.Module):  # a plain function
         return model
     if is_plain(model) or isinstance(model, LipschitzModule):
         return nnx.clone(model)

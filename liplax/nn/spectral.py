@@ -7,49 +7,186 @@ runs on the real operator (the layer's own padding and stride, DESIGN.md §4).
 
 - Training mode (``deterministic=False``): each call does ``power_iters`` steps from the stored
   u, stores the new u and divides by σ̂ (gradient through σ̂ with u held fixed).
-- Inference mode (``model.eval()``): σ̂ = ‖A u‖ from the stored u; nothing moves.
+- Inference mode (``model.eval()``): σ̂ = ‖A u‖ from the stored u (W itself where σ̂ is
+  rounding noise, below); nothing moves.
 - The parameters are never written; the normalization is recomputed from them at every call.
 
 Because σ̂ ≤ σ₁ (an estimate from below), the layer's true constant is σ₁/σ̂ ≥ 1, close to 1
-once u has converged. :meth:`lipschitz_bound` certifies it on the effective weight W/σ̂ (the
-inference-mode map): exact SVD (dense), exact FFT or Gram upper bound (conv), and the exact or
-upper ℓ1/ℓ∞ norms. :meth:`lipschitz_estimate` (the penalty's fast path) returns 1 for ℓ2: the
-normalized layer has nothing to penalize.
+once u has converged. :meth:`lipschitz_bound` certifies the inference-mode map. That map is
+computed anew by every program that runs it (eager ``model(x)``, a jitted forward, the jitted
+bound, :func:`~liplax.nn.to_plain`), and two programs may round σ̂ differently. So σ̂ is
+computed with an error bound E that holds for **any** summation order: with A = W/c (c an
+exact power of two), û the unit state and n, m, T the input size, output size and terms per
+output, |σ̂_P/c − σ̂*/c| ≤ E = 1.25(γ_{n+m+4}·s + γ_{T+2}·‖|û||A|‖) + (underflow) for every
+program P (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1: an inner product
+of T terms is within γ_T·Σ|terms| of the exact one, whatever the order; the convolution is one
+such product per output, :func:`conv_batch`), and where
+s_c = ‖ûA‖ ≤ 4E (σ̂ is rounding noise, e.g. u orthogonal to W, or 0) the layer applies W itself
+(or A/(4E) if that is smaller) instead of dividing by noise. Any program's divisor s_P is then
+≥ s_low = max(s_c − 2E, 4E(1 − 16γ)), and its kernel is fl(A/s_P) = (s/s_P)·fl(A/s)∘(1 + θ),
+|θ| ≤ 2.01u. The certificate is
+
+    ‖fl(A/s_P)‖_p ≤ (s/s_low)·(‖fl(A/s)‖_p·(1 + 64u) + 2.01u·N_p),
+
+N_p the same norm of |fl(A/s)| (bounded by its absolute row/column sums), rounded up: an
+``upper`` bound of the map computed by every program, ≈ ‖fl(A/s)‖_p for a converged state
+(and ‖W‖_p·(1 + 64u) where every program applies W itself).
+:meth:`lipschitz_estimate` (the penalty's fast path) returns 1 for ℓ2: the normalized layer has
+nothing to penalize.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from liplax import linalg
-from liplax.guarantee import Bound
+from liplax import _checks, linalg
+from liplax import conv as conv_ops
+from liplax.guarantee import Bound, exact_margin, gamma, unit_roundoff
 from liplax.nn._base import check_p, const_bound, shape_tuple
 from liplax.nn.conv import ConvBase, conv_bound
 from liplax.nn.dense import DenseBase, check_method, matrix_bound
 
+_HI = lax.Precision.HIGHEST
+
 
 def _unit(v: jax.Array) -> jax.Array:
-    return lax.stop_gradient(linalg.normalize(v))
+    """v/‖v‖ (no gradient), scaled by an exact power of two first so that a tiny or huge v
+    neither underflows nor overflows in the sum of squares; a zero v stays zero."""
+    v = lax.stop_gradient(v)
+    return linalg.normalize(v / linalg.pow2_scale(v))
 
 
-def _normalized(w: jax.Array, sigma: jax.Array) -> jax.Array:
-    """w/σ̂, and w itself where σ̂ = 0 (a zero operator, or u orthogonal to it: 0/0 would be
-    NaN; the certificate is always of the weight actually applied)."""
-    pos = sigma > 0
-    return w / jnp.where(pos, sigma, jnp.ones_like(sigma))
+def _norm2(v: jax.Array) -> jax.Array:
+    """‖v‖₂ computed on v/2^e (no under/overflow in the squares)."""
+    c = linalg.pow2_scale(v)
+    return c * jnp.sqrt(jnp.sum(jnp.square(v / c)))
+
+
+def normalized(w: jax.Array, sigma: jax.Array) -> jax.Array:
+    """w/σ̂, and w itself where σ̂ = 0 (0/0 would be NaN): the one division of the training-mode
+    forward, shared by the per-layer path and :func:`liplax.grouped.grouped_call`."""
+    return w / jnp.where(sigma > 0, sigma, jnp.ones_like(sigma))
+
+
+def conv_batch(kernels: jax.Array, v: jax.Array, strides, pads) -> jax.Array:
+    r"""(A_g v_g)_g for G kernels (G, kh, kw, in, out) and G inputs (G, H, W, in).
+
+    The layer's cross-correlation y[i, j, o] = Σ_{p,q,c} x_pad[s_h i + p, s_w j + q, c] k[p, q,
+    c, o] (``pads`` resolved by :func:`liplax._checks.padding`: zero (lo, hi) pairs or flax's
+    wrapped ``"CIRCULAR"``), written as one batched matrix product of the kh·kw shifted strided
+    views ("im2col") with the kernels: (G, H'W', kh·kw·in) @ (G, kh·kw·in, out). A batched
+    ``lax.conv_general_dilated`` over per-item kernels becomes a grouped convolution, which XLA's
+    CPU backend runs several times slower than the per-layer convolutions
+    (``benchmarks/grouped.py``); the batched product does not. Each output is one inner
+    product of kh·kw·in terms at full precision, so its rounding error is within γ_T of the
+    exact sum (Higham §3.1) whatever the backend's convolution algorithm would have been.
+    """
+    g, kh, kw, cin, cout = kernels.shape
+    if pads == "CIRCULAR":
+        cp = conv_ops._circular_pads((kh, kw))
+        v = jnp.pad(v, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
+    else:
+        v = jnp.pad(v, ((0, 0), pads[0], pads[1], (0, 0)))
+    (sh, sw), (hp, wp) = strides, v.shape[1:3]
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    cols = [
+        v[:, p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw, :]
+        for p in range(kh)
+        for q in range(kw)
+    ]
+    patches = jnp.stack(cols, axis=3)  # (G, H', W', kh·kw, in)
+    k = kernels.reshape(g, kh * kw, cin, cout)
+    return jnp.einsum("gijtc,gtco->gijo", patches, k, precision=lax.Precision.HIGHEST)
+
+
+class SigmaHat:
+    """The inference-mode normalization of one layer, from s_c = ‖ûA‖ and a = ‖|û||A|‖
+    (A = W/c, c an exact power of two): the applied kernel and its certificate.
+
+    The rounding error of s_c in any program is ≤ E (module docstring). A program applies
+    A/s_c where s_c > 4E; where s_c ≤ 4E (σ̂ is rounding noise, or 0) it applies W itself (the
+    un-normalized weight, as for a zero σ̂), or A/(4E) if that is smaller (1/c ≤ 4E). Whatever
+    branch another program P takes, its divisor is ≥ ``low`` = max(s_c − 2E, 4E(1 − 16γ)); and
+    where s_c + 2E < 4E(1 − 16γ) < 1/c(1 − 32γ) every program applies W itself (``same``).
+    """
+
+    def __init__(self, c: jax.Array, s_c: jax.Array, a: jax.Array, sizes: tuple[int, int, int]):
+        n, m, t = sizes
+        dtype = jnp.result_type(s_c)
+        g = gamma(n + m + t + 8, dtype)
+        tiny = float(jnp.finfo(dtype).tiny)
+        # normalization of u and norm of y: γ_{n+m+4}·s; the T-term inner products: γ_{T+2}·a;
+        # 1.25 covers second-order terms and a, s computed rather than exact; underflow (or
+        # flush to zero) of the products and sums: ≤ tiny per operation. E_P/E ∈ [1 ∓ 16γ].
+        err = 1.25 * (gamma(n + m + 4, dtype) * s_c + gamma(t + 2, dtype) * a)
+        err = err + 4.0 * (n + t + 2) * (m + 1) * tiny
+        inv_c = 1.0 / c  # exact (a power of two), inf for a subnormal c
+        self.c = c
+        self.use_w = (s_c <= 4.0 * err) & (inv_c > 4.0 * err)
+        self.s = jnp.where(s_c > 4.0 * err, s_c, 4.0 * err)
+        self.same = (s_c + 2.0 * err < 4.0 * err * (1.0 - 16.0 * g)) & (
+            inv_c * (1.0 - 32.0 * g) > 4.0 * err
+        )
+        low = jnp.maximum(s_c - 2.0 * err, 4.0 * err * (1.0 - 16.0 * g))
+        self.low = low * (1.0 - 4.0 * unit_roundoff(dtype))
+        self.applied = jnp.where(self.use_w, inv_c, self.s)  # the divisor of A in this program
+
+    def sigma(self) -> jax.Array:
+        """σ̂ = c·s as applied (1 where W itself is applied)."""
+        return jnp.where(self.use_w, jnp.ones_like(self.s), self.c * self.s)
+
+    def kernel(self, w: jax.Array) -> jax.Array:
+        """The applied kernel: fl(fl(w/c)/s) (w/c exact), or w itself (module docstring)."""
+        return jnp.where(self.use_w, w, (w / self.c) / self.s)
+
+    def certify(self, b: Bound, k: jax.Array, p: float) -> Bound:
+        """An ``upper`` bound of the ℓp norm of the kernel every program P applies, from the
+        bound ``b`` of the kernel ``k`` = :meth:`kernel` of this program (module docstring)."""
+        dtype = jnp.result_type(b.value)
+        u = unit_roundoff(dtype)
+        ak = jnp.abs(k)
+        rows = jnp.max(jnp.sum(ak, axis=tuple(range(ak.ndim - 1))))  # max over outputs: ℓ∞
+        cols = jnp.max(jnp.sum(ak, axis=(*range(ak.ndim - 2), ak.ndim - 1)))  # over inputs: ℓ1
+        extra = {1: cols, 2: jnp.sqrt(rows * cols), math.inf: rows}[p]
+        extra = extra * (1.0 + 2.0 * gamma(ak.size, dtype))  # sums of |k|, rounded up
+        main = b.value * (1.0 + exact_margin(dtype)) if b.kind == "exact" else b.value
+        ratio = self.applied / self.low
+        spread = ratio * (main + 2.01 * u * extra) * (1.0 + 2.01 * u) * (1.0 + 8.0 * u)
+        return Bound(jnp.where(self.same, main, spread), "upper")
 
 
 class _SpectralNormalized:
-    """What both spectral layers share: the applied kernel k/σ̂ (σ̂ stepped in training mode
-    only) and the penalty's ℓ2 value 1 (a normalized layer has nothing to penalize)."""
+    """What both spectral layers share: the applied kernel (σ̂ stepped in training mode, the
+    floored :class:`SigmaHat` in inference mode), its certificate and the penalty's ℓ2 value 1
+    (a normalized layer has nothing to penalize)."""
+
+    def _sigma_hat(self) -> SigmaHat:
+        raise NotImplementedError
+
+    def sigma(self, *, update: bool = False) -> jax.Array:
+        """σ̂: one warm power step that stores u (``update=True`` in training mode), else the
+        inference-mode value c·s from the stored u (floored, see the module docstring)."""
+        if update and not self.deterministic:
+            return self._power_sigma(self.kernel[...], update=True)
+        return self._sigma_hat().sigma()
 
     def effective_kernel(self) -> jax.Array:
-        return _normalized(self.kernel[...], self.sigma(update=False))
+        """The inference-mode kernel fl(fl(W/c)/s); moves no state."""
+        return self._sigma_hat().kernel(self.kernel[...])
 
     def _forward_kernel(self) -> jax.Array:
-        return _normalized(self.kernel[...], self.sigma(update=True))
+        if self.deterministic:
+            return self.effective_kernel()
+        return normalized(self.kernel[...], self._power_sigma(self.kernel[...], update=True))
+
+    def _certify(self, p: float, bound_fn) -> Bound:
+        sh = self._sigma_hat()
+        k = sh.kernel(self.kernel[...])
+        return sh.certify(bound_fn(k), k, p)
 
     def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
         p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
@@ -72,19 +209,23 @@ class SpectralDense(_SpectralNormalized, DenseBase):
         super().__init__(in_features, out_features, **kw)
         self.method = check_method(method, "SpectralDense")
 
-    def sigma(self, *, update: bool = False) -> jax.Array:
-        """σ̂ = ‖u W‖ for the stored u (``update=True`` in training mode steps and stores u)."""
+    def _sigma_hat(self) -> SigmaHat:
+        """‖û A‖ and ‖|û||A|‖ for A = W/c and the stored u (full-precision products)."""
         w = self.kernel[...]
-        if update and not self.deterministic:
-            return self._power_sigma(w, update=True)
-        c = linalg.pow2_scale(w)  # exact: ‖u W‖ = c‖u W/c‖ without under/overflow at 1e∓30
-        return c * jnp.linalg.norm(_unit(self.power_state[...]) @ (w / c))
+        c = linalg.pow2_scale(w)
+        a = w / c
+        uh = _unit(self.power_state[...])
+        y = jnp.matmul(uh, a, precision=_HI)
+        y_abs = jnp.matmul(jnp.abs(uh), jnp.abs(a), precision=_HI)
+        n, m = a.shape
+        return SigmaHat(c, _norm2(y), _norm2(y_abs), (n, m, n))
 
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        """Certified ℓp norm of the effective weight W/σ̂ (≈ 1 for p=2 once u has converged)."""
+        """``upper`` ℓp norm of the inference-mode map in every program (module docstring;
+        ≈ 1 for p=2 once u has converged)."""
         p = self._p(p)
         self.output_shape(input_shape)
-        return matrix_bound(self.effective_kernel(), p, method=self.method)
+        return self._certify(p, lambda k: matrix_bound(k, p, method=self.method))
 
 
 class SpectralConv(_SpectralNormalized, ConvBase):
@@ -93,19 +234,23 @@ class SpectralConv(_SpectralNormalized, ConvBase):
     Arguments as for :class:`~liplax.nn.Conv`; ``input_size`` is the size σ̂ is computed for.
     """
 
-    def sigma(self, *, update: bool = False) -> jax.Array:
-        """σ̂ = ‖A u‖ for the stored u (``update=True`` in training mode steps and stores u)."""
+    def _sigma_hat(self) -> SigmaHat:
+        """‖A û‖ and ‖|A||û|‖ on the real operator (layer padding and stride, A on k/c)."""
         k = self.kernel[...]
-        if update and not self.deterministic:
-            return self._power_sigma(k, update=True)
-        c = linalg.pow2_scale(k)  # exact power of two, as in SpectralDense.sigma
-        return c * jnp.linalg.norm(self._apply_single(k / c, _unit(self.power_state[...])))
+        c = linalg.pow2_scale(k)
+        kc = k / c
+        uh = _unit(self.power_state[...])
+        pads = _checks.padding(self.padding, self.input_size, self.kernel_size, self.strides)
+        y = conv_batch(kc[None], uh[None], self.strides, pads)[0]
+        y_abs = conv_batch(jnp.abs(kc)[None], jnp.abs(uh)[None], self.strides, pads)[0]
+        taps = kc.shape[0] * kc.shape[1] * kc.shape[2]
+        return SigmaHat(c, _norm2(y), _norm2(y_abs), (uh.size, y.size, taps))
 
     def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        """Certified ℓp constant of the effective kernel on ``input_shape`` = (H, W, C)."""
+        """``upper`` ℓp constant of the inference-mode map on ``input_shape`` = (H, W, C)."""
         p = self._p(p)
         self.output_shape(input_shape)
         hw = shape_tuple(input_shape, self.layer_name)[:2]
-        return conv_bound(
-            self.effective_kernel(), hw, p, strides=self.strides, padding=self.padding
+        return self._certify(
+            p, lambda k: conv_bound(k, hw, p, strides=self.strides, padding=self.padding)
         )
