@@ -162,3 +162,23 @@ def test_grouped_call_guards_a_zero_sigma_like_the_layer():
     got = np.asarray(grouped_call(build(), x))
     assert np.all(np.isfinite(want))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_spectral_layer_is_normalized_before_training():
+    """A fresh layer's power state starts at the top singular vector (dense: SVD; conv: power
+    steps on the real operator), so in inference mode its certified ℓ2 bound is ≈ 1 and the
+    applied kernel's float64 norm is ≈ 1 — not ‖W‖/‖uW‖ of a random u (4.1 for 512→64)."""
+    dense = ln.SpectralDense(512, 64, rngs=nnx.Rngs(0))
+    dense.eval()
+    k = np.asarray(dense.effective_kernel(), np.float64)
+    assert abs(np.linalg.svd(k, compute_uv=False)[0] - 1.0) < 1e-4
+    # the certificate adds the worst-case rounding of σ̂ (γ_{n+m+4}, n + m = 576): ≈ 4e-4
+    assert float(dense.lipschitz_bound((512,)).value) < 1.0 + 1e-3
+
+    conv = ln.SpectralConv(8, 8, (3, 3), input_size=(8, 8), padding="SAME", rngs=nnx.Rngs(1))
+    conv.eval()
+    b = float(conv.lipschitz_bound((8, 8, 8)).value)
+    jac = _identity_jacobian(conv, (8, 8, 8))
+    truth = np.linalg.svd(jac, compute_uv=False)[0]
+    assert truth <= b
+    assert b < 1.01 and truth > 0.99

@@ -46,7 +46,7 @@ from jax import lax
 from liplax import _checks, linalg
 from liplax import conv as conv_ops
 from liplax.guarantee import Bound, exact_margin, gamma, unit_roundoff
-from liplax.nn._base import check_p, const_bound, shape_tuple
+from liplax.nn._base import check_p, const_bound, positive_int, shape_tuple
 from liplax.nn.conv import ConvBase, conv_bound
 from liplax.nn.dense import DenseBase, check_method, matrix_bound
 
@@ -208,6 +208,11 @@ class SpectralDense(_SpectralNormalized, DenseBase):
     def __init__(self, in_features: int, out_features: int, *, method: str = "exact", **kw):
         super().__init__(in_features, out_features, **kw)
         self.method = check_method(method, "SpectralDense")
+        # Start at the top singular vector of the initial kernel (input side: σ̂ = ‖u W‖), so a
+        # new layer is normalized before any training step (a random start gave ‖W/σ̂‖ ≈ 4).
+        w = self.kernel[...]
+        top = jnp.linalg.svd(w / linalg.pow2_scale(w), full_matrices=False)[0][:, 0]
+        self.power_state[...] = top.astype(self.power_state[...].dtype)
 
     def _sigma_hat(self) -> SigmaHat:
         """‖û A‖ and ‖|û||A|‖ for A = W/c and the stored u (full-precision products)."""
@@ -231,8 +236,19 @@ class SpectralDense(_SpectralNormalized, DenseBase):
 class SpectralConv(_SpectralNormalized, ConvBase):
     """x ↦ (k/σ̂) ⋆ x (+ b), σ̂ a warm power iteration on the real convolution operator.
 
-    Arguments as for :class:`~liplax.nn.Conv`; ``input_size`` is the size σ̂ is computed for.
+    Arguments as for :class:`~liplax.nn.Conv`; ``input_size`` is the size σ̂ is computed for;
+    ``init_iters`` power steps on the real operator at construction (default 100) start the
+    state near the top singular vector, so a new layer is normalized before any training step.
     """
+
+    def __init__(self, *args, init_iters: int = 100, **kw):
+        super().__init__(*args, **kw)
+        iters = positive_int(init_iters, "SpectralConv", "init_iters")
+        _, v = conv_ops.power_iteration(
+            self.kernel[...], self.input_size, self.power_state[...], strides=self.strides,
+            padding=self.padding, num_iters=iters,
+        )
+        self.power_state[...] = v.astype(self.power_state[...].dtype)
 
     def _sigma_hat(self) -> SigmaHat:
         """‖A û‖ and ‖|A||û|‖ on the real operator (layer padding and stride, A on k/c)."""
