@@ -20,8 +20,9 @@ from pathlib import Path
 
 ENV = "LIPLAX_CACHE_DIR"
 _OFF = ("", "0", "off", "none", "false")
-# Programs that compile in less than this are not worth a disk round trip.
-MIN_COMPILE_SECONDS = 0.2
+# Cache every program: a first call of conv.exact_spectral_norm is dozens of programs that each
+# compile in under 0.2 s (measured: 7.7 s with a 0.2 s threshold and a warm cache, 2.3 s with 0).
+MIN_COMPILE_SECONDS = 0.0
 
 
 def cache_dir() -> Path | None:
@@ -45,4 +46,5 @@ def enable_compilation_cache() -> Path | None:
 
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
