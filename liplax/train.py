@@ -317,6 +317,7 @@ def train(
     step = int(state.step)
     last = config.steps if stop_after is None else min(config.steps, int(stop_after))
     bar = Progress(config.steps, step, quiet, desc=config.name)
+    last_cert: dict[str, str] = {}
     train_seconds = sum(h.get("chunk_seconds", 0.0) for h in history)
     try:
         while step < last:
@@ -340,10 +341,10 @@ def train(
             postfix = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['train_accuracy']:.3f}"}
             if config.penalty == "log":  # the penalty's warm power-iteration estimate
                 postfix["L_est"] = f"{math.exp(metrics['penalty']):.3g}"
-            if "lipschitz_upper" in entry:
-                postfix.update(L_cert=f"{entry['lipschitz_upper']:.3g}",
-                               tight=f"{entry['tightness']:.3f}")
-            bar.update(n, postfix)
+            if "lipschitz_upper" in entry:  # kept until the next evaluation replaces it
+                last_cert = {"L_cert": f"{entry['lipschitz_upper']:.3g}",
+                             "tight": f"{entry['tightness']:.3f}"}
+            bar.update(n, {**postfix, **last_cert})
             if step % config.checkpoint_every == 0 or step == last:
                 elapsed = earlier + time.perf_counter() - t_start
                 store.save(step, state_to_flat(state),
