@@ -1,10 +1,12 @@
-r"""The circular reformulation of a convolution layer (re-exported by :mod:`liplax.conv`).
+r"""Fourier view of a convolution layer: its circular reformulation (Sedghi et al., ICLR 2019).
 
 A circular convolution is block-diagonalized by the 2-D DFT (Sedghi, Gupta, Long, ICLR 2019);
 a stride dividing the input is a stride-1 circular convolution of the polyphase kernel; a
 zero-padded layer is a submatrix of a circular one on a larger input (:func:`circular_size`).
 Here: the polyphase kernel, the circular size, the frequencies holding every singular value,
 the frequency matrices K̂(u, v) summed directly over the taps, and the bound on their rounding.
+The norm routines of :mod:`liplax.norms.exact` and :mod:`liplax.norms.gram` build on these
+(``docs/design.md §norms``).
 """
 
 from __future__ import annotations
@@ -61,12 +63,12 @@ def unique_frequencies(n_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
 
-_TWIDDLE_ERR = 2.0**-48
+TWIDDLE_ERR = 2.0**-48
 """Absolute error bound of a float64 twiddle component cos/sin(2π·j/N) before the cast: the
 angle carries ≤ 3 float64 roundings (≤ 19·2⁻⁵³ absolute) and libm's cos/sin < 1 ulp."""
 
 
-def _twiddles(kernel_hw: tuple[int, int], n_hw: tuple[int, int], dtype) -> tuple[jax.Array, ...]:
+def twiddles(kernel_hw: tuple[int, int], n_hw: tuple[int, int], dtype) -> tuple[jax.Array, ...]:
     """cos and sin of 2π(p·u/N_h + q·v/N_w), shape (F, kh·kw), from exact integer phases."""
     kh, kw = kernel_hw
     nh, nw = n_hw
@@ -82,13 +84,13 @@ def frequency_pair(kernel: jax.Array, n_hw: tuple[int, int]) -> tuple[jax.Array,
     m ≥ n: (F, in, out) when in ≥ out, else transposed (the Gram on the smaller side).
 
     K̂(u, v) = Σ_{p,q} k[p, q] e^{2πi(pu/N_h + qv/N_w)}, summed directly over the kh·kw taps as
-    two real matrix products (no complex arithmetic; see :func:`_dft_error` for the rounding).
+    two real matrix products (no complex arithmetic; see :func:`dft_error` for the rounding).
     """
     kh, kw, cin, cout = kernel.shape
     k = kernel if cin >= cout else jnp.swapaxes(kernel, 2, 3)
     m, n = k.shape[2:]
     k = k.reshape(kh * kw, m * n)
-    cos, sin = _twiddles((kh, kw), n_hw, kernel.dtype)
+    cos, sin = twiddles((kh, kw), n_hw, kernel.dtype)
     re = jnp.matmul(cos, k, precision=_HI).reshape(-1, m, n)
     im = jnp.matmul(sin, k, precision=_HI).reshape(-1, m, n)
     return re, im
@@ -102,21 +104,21 @@ def frequency_matrices(kernel: jax.Array, n_hw: tuple[int, int]) -> jax.Array:
     return lax.complex(re, im)
 
 
-def _dft_error(kernel: jax.Array) -> jax.Array:
+def dft_error(kernel: jax.Array) -> jax.Array:
     """Bound on ‖fl(K̂(u,v)) − K̂(u,v)‖₂ at every frequency: √2(γ_{K+1} + 2ε)‖A‖_F, A = Σ_{p,q}|k|.
 
-    Each twiddle component is ŵ = w(1 + δ) + η, |δ| ≤ u (cast), |η| ≤ ε (:data:`_TWIDDLE_ERR`);
+    Each twiddle component is ŵ = w(1 + δ) + η, |δ| ≤ u (cast), |η| ≤ ε (:data:`TWIDDLE_ERR`);
     a real or imaginary part is a K = kh·kw term sum, so it errs by
     ≤ γ_K Σ|k||ŵ| + Σ|k||ŵ − w| ≤ (γ_{K+1} + 2ε)Σ_{p,q}|k| (Higham §3.1); a complex entry by √2
     times that, and the spectral norm by at most the Frobenius norm over (in, out).
     """
     kh, kw = kernel.shape[:2]
-    g = math.sqrt(2.0) * (gamma(kh * kw + 1, kernel.dtype) + 2.0 * _TWIDDLE_ERR)
+    g = math.sqrt(2.0) * (gamma(kh * kw + 1, kernel.dtype) + 2.0 * TWIDDLE_ERR)
     a = jnp.sum(jnp.abs(kernel), axis=(0, 1))
     return lax.stop_gradient(g * jnp.sqrt(jnp.sum(a * a)))
 
 
-def _circular_setup(kernel, hw, st, pads):
+def circular_setup(kernel, hw, st, pads):
     """(polyphase kernel, circular size per axis after the stride) for any padding.
 
     Circular padding needs s | n; zero padding embeds into a circular conv (:func:`circular_size`).

@@ -166,3 +166,19 @@ def cover_lost(bound: jax.Array, lost: jax.Array, norm_of_unit: float) -> jax.Ar
     b = lax.stop_gradient(bound)
     bumped = jnp.nextafter(b + norm_of_unit * tiny, jnp.asarray(jnp.inf, b.dtype))
     return bound + jnp.where(lost, bumped - b, jnp.zeros_like(b))
+
+
+def pow2_scale(x: jax.Array) -> jax.Array:
+    """A power of two ``s`` (no gradient) with max|x/s| in [1, 2); 1 for a zero array.
+
+    Dividing by a power of two is exact in binary floating point, so the scaling costs no
+    rounding; operator norms are 1-homogeneous, so ‖x‖ = s·‖x/s‖. ``s`` is clipped to
+    [2^{3−e_max}, 2^{e_max−3}] so that both s and 1/s are normal (XLA divides by multiplying
+    with the reciprocal, and flushes subnormals): max|x/s| < 8 near overflow, and subnormal x
+    stay out of reach (they are flushed anyway). The norm routines use :func:`scale` instead,
+    which has neither limit; this one serves layers that divide their weights by s.
+    """
+    sc = scale(lax.stop_gradient(x))
+    e_max = int(jnp.finfo(x.dtype).maxexp) - 1
+    k = jnp.clip(sc.k, 3 - e_max, e_max - 3)
+    return lax.stop_gradient(jnp.where(jnp.any(x != 0), pow2(k, x.dtype), jnp.ones((), x.dtype)))
