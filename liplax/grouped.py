@@ -47,7 +47,6 @@ from jax import lax
 
 from liplax import _checks
 from liplax.guarantee import compose_kind
-from liplax.linalg import pow2_scale
 from liplax.nn._base import check_p, shape_tuple
 from liplax.nn.containers import (
     Residual,
@@ -62,6 +61,7 @@ from liplax.nn.conv import Conv
 from liplax.nn.dense import Dense, power_sigma
 from liplax.nn.sinusoidal import SinusoidalDense
 from liplax.nn.spectral import SpectralConv, SpectralDense, conv_batch, normalized
+from liplax.norms.scaling import pow2_scale
 
 _DENSE_TYPES = (Dense, SinusoidalDense)
 """Layers whose ℓ2 fast value is ``power_sigma(kernel, power_state, power_iters)``."""

@@ -13,8 +13,9 @@ metadata, so it passes through ``jax.jit``/``jax.vmap`` unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import jax
@@ -35,7 +36,7 @@ class Bound:
     """
 
     value: jax.Array
-    kind: str
+    kind: Kind
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -257,14 +258,39 @@ def require_certified(bound: Bound, *, name: str = "bound") -> Bound:
     return bound
 
 
-def guarantee(kind: str):
-    """Decorator recording the guarantee of a bound function as ``fn.guarantee``."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown bound kind {kind!r}; expected one of {KINDS}")
+def guarantee(**kinds: Kind) -> Callable:
+    """Declare, per operator family, the kind of Bound a norm routine returns, and enforce it.
+
+    ``@guarantee(dense="exact", conv="upper")`` wraps a routine ``fn(op, ...)`` of a
+    :mod:`liplax.norms.operator` operator that computes a bare value (or a tuple whose first item
+    is the value, as power iteration's ``(value, vector)``): the wrapper refuses, with a
+    ``TypeError`` naming the argument, an ``op`` whose ``family`` is not declared, and returns the
+    value as ``Bound(value, kinds[op.family])``. So the kind is declared once, travels with the
+    value, and ``fn.guarantee`` (the mapping) is what the code itself reads; the contract test
+    (tests/test_norms_contract.py) checks every routine against it.
+    """
+    if not kinds:
+        raise ValueError("guarantee needs at least one family=kind, e.g. dense='exact'")
+    for family, kind in kinds.items():
+        if kind not in KINDS:
+            raise ValueError(f"unknown bound kind {kind!r} for {family}; expected one of {KINDS}")
 
     def wrap(fn):
-        fn.guarantee = kind
-        return fn
+        @functools.wraps(fn)
+        def routine(op, *args, **kwargs):
+            family = getattr(op, "family", None)
+            if family not in kinds:
+                raise TypeError(
+                    f"op must be a liplax operator of family {tuple(kinds)} for {fn.__name__}, "
+                    f"got {type(op).__name__}"
+                )
+            out = fn(op, *args, **kwargs)
+            if isinstance(out, tuple):
+                return (Bound(out[0], kinds[family]), *out[1:])
+            return Bound(out, kinds[family])
+
+        routine.guarantee = dict(kinds)
+        return routine
 
     return wrap
 

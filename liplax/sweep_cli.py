@@ -52,24 +52,14 @@ OPS = ("exact", "gram", "power", "inf", "one")
 
 
 def _ops(layer: str) -> dict:
-    """``{op: (function of one kernel, guarantee)}`` for ``dense`` or ``conv`` kernels."""
+    """``{op: function of one kernel → Bound}`` for ``dense`` or ``conv`` kernels (the
+    guarantee is read from the returned Bound, never restated here)."""
     from liplax import conv, linalg
 
-    if layer == "dense":
-        return {
-            "exact": (linalg.spectral_norm, "exact"),
-            "gram": (linalg.gram_bound, "upper"),
-            "power": (linalg.power_iteration, "estimate"),
-            "inf": (linalg.norm_inf, "exact"),
-            "one": (linalg.norm_1, "exact"),
-        }
-    return {
-        "exact": (conv.exact_spectral_norm, "exact"),
-        "gram": (conv.gram_bound, "upper"),
-        "power": (conv.power_iteration, "estimate"),
-        "inf": (conv.norm_inf, "upper"),
-        "one": (conv.norm_1, "upper"),
-    }
+    mod = linalg if layer == "dense" else conv
+    exact = linalg.spectral_norm if layer == "dense" else conv.exact_spectral_norm
+    return {"exact": exact, "gram": mod.gram_bound, "power": mod.power_iteration,
+            "inf": mod.norm_inf, "one": mod.norm_1}
 COLUMNS = ("source", "name", "index", "shape", "layer", "op", "guarantee", "value")
 
 
@@ -93,17 +83,17 @@ def _padding(text: str):
 
 
 def operator(args, kernel_shape: tuple[int, ...]):
-    """(fn of one kernel → value, layer, guarantee) for ``--op`` on kernels of this shape."""
+    """(fn of one kernel → Bound, layer) for ``--op`` on kernels of this shape."""
     import jax
 
     key = jax.random.key(args.seed)
     if len(kernel_shape) == 2:
-        fn, kind = _ops("dense")[args.op]
+        fn = _ops("dense")[args.op]
         if args.op == "gram":
-            return partial(fn, num_iters=args.iters or 6), "dense", kind
+            return partial(fn, num_iters=args.iters or 6), "dense"
         if args.op == "power":
-            return _First(partial(fn, key=key, num_iters=args.iters or 50)), "dense", kind
-        return fn, "dense", kind
+            return _First(partial(fn, key=key, num_iters=args.iters or 50)), "dense"
+        return fn, "dense"
     if args.input_size is None:
         raise SweepInputError(
             f"conv kernels (HWIO, shape {kernel_shape}) need --input-size H W (the norm of a "
@@ -111,20 +101,20 @@ def operator(args, kernel_shape: tuple[int, ...]):
         )
     hw, padding = tuple(args.input_size), _padding(args.padding)
     st = tuple(args.stride) if len(args.stride) == 2 else (args.stride[0],) * 2
-    fn, kind = _ops("conv")[args.op]
+    fn = _ops("conv")[args.op]
     if args.op == "exact":
         if padding != "CIRCULAR":
             raise SweepInputError(
                 f"--op exact is the exact norm of a circular convolution: use --padding "
                 f"CIRCULAR, or --op gram for an upper bound with padding {args.padding!r}"
             )
-        return partial(fn, input_shape=hw, strides=st), "conv", kind
+        return partial(fn, input_shape=hw, strides=st), "conv"
     kw = {"input_shape": hw, "strides": st, "padding": padding}
     if args.op == "gram":
         kw["num_iters"] = args.iters or 6
     if args.op == "power":
-        return _First(partial(fn, key=key, num_iters=args.iters or 50, **kw)), "conv", kind
-    return partial(fn, **kw), "conv", kind
+        return _First(partial(fn, key=key, num_iters=args.iters or 50, **kw)), "conv"
+    return partial(fn, **kw), "conv"
 
 
 @dataclass(frozen=True)
@@ -168,10 +158,10 @@ class _Progress:
             self.bar.close()
 
 
-def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: str) -> np.ndarray:
-    """fn over every kernel, one :func:`sweep` call per block of ``block`` kernels (the last
-    block padded with copies of its last kernel, so every block has one shape and compiles
-    once); progress after each block."""
+def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: str):
+    """(values, kind): fn over every kernel, one :func:`sweep` call per block of ``block``
+    kernels (the last block padded with copies of its last kernel, so every block has one shape
+    and compiles once); progress after each block. The kind is the returned Bound's."""
     import jax.numpy as jnp
 
     from liplax.sweep import sweep
@@ -184,10 +174,10 @@ def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: st
         n = part.shape[0]
         if n < block:
             part = np.concatenate([part, np.repeat(part[-1:], block - n, axis=0)])
-        values = np.asarray(sweep(fn, jnp.asarray(part)))[:n]
-        out.append(values)
+        bound = sweep(fn, jnp.asarray(part))
+        out.append(np.asarray(bound.value)[:n])
         progress.update(n, what)
-    return np.concatenate(out)
+    return np.concatenate(out), bound.kind
 
 
 def sweep_entries(entries: list[Entry], args, progress) -> list[dict]:
@@ -199,11 +189,11 @@ def sweep_entries(entries: list[Entry], args, progress) -> list[dict]:
     values: list[float] = [math.nan] * len(flat)
     kinds: list[tuple[str, str]] = [("", "")] * len(flat)
     for shape, idx in by_shape.items():
-        fn, layer, guarantee = operator(args, shape)
+        fn, layer = operator(args, shape)
         dtype = np.result_type(*[flat[j][0].stacked.dtype for j in idx], np.float32)
         stack = np.stack([flat[j][0].stacked[flat[j][1]] for j in idx]).astype(dtype)
         what = "x".join(map(str, shape))
-        got = _sweep_blocks(fn, stack, args.chunk_size, progress, what)
+        got, guarantee = _sweep_blocks(fn, stack, args.chunk_size, progress, what)
         for j, v in zip(idx, got, strict=True):
             values[j], kinds[j] = float(v), (layer, guarantee)
     rows = []

@@ -41,10 +41,10 @@ from jax import lax
 
 from liplax import conv as conv_ops
 from liplax.guarantee import Bound, gamma, unit_roundoff
-from liplax.linalg import pow2_scale
 from liplax.nn._base import check_p, shape_tuple
 from liplax.nn.conv import ConvBase, conv_bound
 from liplax.nn.dense import DenseBase, matrix_bound
+from liplax.norms.scaling import pow2_scale
 
 _HI = lax.Precision.HIGHEST
 EPS = 1e-12
@@ -169,7 +169,7 @@ class AOLConv(ConvBase):
         k, cert = aol_conv(self.kernel[...])
         hw = shape_tuple(input_shape, self.layer_name)[:2]
         if p == 2:
-            gram = conv_ops.gram_bound(k, hw, strides=self.strides, padding=self.padding)
+            gram = conv_ops.gram_bound(k, hw, strides=self.strides, padding=self.padding).value
             return Bound(jnp.minimum(cert, gram), "upper")
         return conv_bound(k, hw, p, strides=self.strides, padding=self.padding)
 

@@ -66,7 +66,7 @@ def bjorck(
     num_iters = positive_int(num_iters, "bjorck", "num_iters")
     transpose = w.shape[0] < w.shape[1]
     a = w.T if transpose else w
-    a = a / linalg.gram_bound(a, num_iters=scale_iters)
+    a = a / linalg.gram_bound(a, num_iters=scale_iters).value
 
     def body(_, a):
         return _bjorck_step(a, order)

@@ -56,15 +56,12 @@ def conv_bound(
 ) -> Bound:
     """Certified ℓp norm of the convolution on an ``hw`` input (see the module docstring)."""
     if p == 1:
-        return Bound(conv_ops.norm_1(kernel, hw, strides=strides, padding=padding), "upper")
+        return conv_ops.norm_1(kernel, hw, strides=strides, padding=padding)
     if p == math.inf:
-        return Bound(conv_ops.norm_inf(kernel, hw, strides=strides, padding=padding), "upper")
+        return conv_ops.norm_inf(kernel, hw, strides=strides, padding=padding)
     if is_circular(padding) and hw[0] % strides[0] == 0 and hw[1] % strides[1] == 0:
-        return Bound(conv_ops.exact_spectral_norm(kernel, hw, strides=strides), "exact")
-    return Bound(
-        conv_ops.gram_bound(kernel, hw, strides=strides, padding=padding, num_iters=gram_iters),
-        "upper",
-    )
+        return conv_ops.exact_spectral_norm(kernel, hw, strides=strides)
+    return conv_ops.gram_bound(kernel, hw, strides=strides, padding=padding, num_iters=gram_iters)
 
 
 def conv_output_shape(layer, input_shape) -> tuple[int, int, int]:
@@ -192,7 +189,7 @@ class ConvBase(LipschitzModule):
         )
         if update and not self.deterministic:
             self.power_state[...] = u
-        return sigma
+        return sigma.value
 
 
 class Conv(ConvBase):

@@ -19,7 +19,6 @@ from flax import nnx
 from jax import lax
 
 from liplax import linalg
-from liplax._scaling import scale, unscale
 from liplax.guarantee import Bound, exact_sum
 from liplax.nn._base import (
     LipschitzModule,
@@ -29,6 +28,8 @@ from liplax.nn._base import (
     positive_int,
     shape_tuple,
 )
+from liplax.norms.power import normalize
+from liplax.norms.scaling import scale, unscale
 
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
@@ -39,15 +40,15 @@ def matrix_bound(w: jax.Array, p: float, *, method: str = "exact", gram_iters: i
     """Certified ℓp norm of x ↦ x @ w: exact SVD or Gram upper bound for p=2, exact for p=1, ∞.
 
     The linalg routines cover subnormal, near-overflow and non-finite entries (power-of-two
-    scaling on the bits, :mod:`liplax._scaling`); an n-term abs-sum (ℓ1: n = out, ℓ∞: n = in)
+    scaling on the bits, :mod:`liplax.norms.scaling`); an n-term abs-sum (ℓ1: n = out, ℓ∞: n = in)
     is raised to meet the exact margin at every length (:func:`liplax.guarantee.exact_sum`)."""
     if p == 1:
-        return Bound(exact_sum(linalg.norm_1(w), w.shape[-1]), "exact")
+        return jax.tree.map(lambda v: exact_sum(v, w.shape[-1]), linalg.norm_1(w))
     if p == math.inf:
-        return Bound(exact_sum(linalg.norm_inf(w), w.shape[-2]), "exact")
+        return jax.tree.map(lambda v: exact_sum(v, w.shape[-2]), linalg.norm_inf(w))
     if method == "exact":
-        return Bound(linalg.spectral_norm(w), "exact")
-    return Bound(linalg.gram_bound(w, num_iters=gram_iters), "upper")
+        return linalg.spectral_norm(w)
+    return linalg.gram_bound(w, num_iters=gram_iters)
 
 
 def check_method(method: str, layer: str) -> str:
@@ -77,7 +78,7 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     keeps the training penalty cheap (``benchmarks/penalty_step.py``).
 
     ``w`` is scaled by an exact power of two c first (σ̂(w) = c·σ̂(w/c), done on the bits by
-    :func:`liplax._scaling.scale`), so subnormal and near-overflow weights neither flush nor
+    :func:`liplax.norms.scaling.scale`), so subnormal and near-overflow weights neither flush nor
     overflow in the sums of squares; NaN weights give NaN, infinite ones inf.
 
     Returns ``(σ̂, u')``, u' without gradient.
@@ -87,15 +88,15 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     ws = lax.stop_gradient(w)
 
     def step(_, u):
-        return linalg.normalize(ws @ (u @ ws))
+        return normalize(ws @ (u @ ws))
 
     u = lax.stop_gradient(u)
     if num_iters > 1:
         u = lax.fori_loop(0, num_iters - 1, step, u)
-    y_hat = lax.stop_gradient(linalg.normalize(u @ ws))
+    y_hat = lax.stop_gradient(normalize(u @ ws))
     z = w @ y_hat
     sigma = jnp.sqrt(jnp.sum(z * z))
-    return unscale(sigma, sc), lax.stop_gradient(linalg.normalize(z))
+    return unscale(sigma, sc), lax.stop_gradient(normalize(z))
 
 
 def check_p_est(layer: LipschitzModule, p) -> float:

@@ -43,12 +43,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from liplax import _checks, linalg
+from liplax import _checks
 from liplax import conv as conv_ops
 from liplax.guarantee import Bound, exact_margin, gamma, unit_roundoff
 from liplax.nn._base import check_p, const_bound, positive_int, shape_tuple
 from liplax.nn.conv import ConvBase, conv_bound
 from liplax.nn.dense import DenseBase, check_method, matrix_bound
+from liplax.norms.operator import circular_pads
+from liplax.norms.power import normalize
+from liplax.norms.scaling import pow2_scale
 
 _HI = lax.Precision.HIGHEST
 
@@ -57,12 +60,12 @@ def _unit(v: jax.Array) -> jax.Array:
     """v/‖v‖ (no gradient), scaled by an exact power of two first so that a tiny or huge v
     neither underflows nor overflows in the sum of squares; a zero v stays zero."""
     v = lax.stop_gradient(v)
-    return linalg.normalize(v / linalg.pow2_scale(v))
+    return normalize(v / pow2_scale(v))
 
 
 def _norm2(v: jax.Array) -> jax.Array:
     """‖v‖₂ computed on v/2^e (no under/overflow in the squares)."""
-    c = linalg.pow2_scale(v)
+    c = pow2_scale(v)
     return c * jnp.sqrt(jnp.sum(jnp.square(v / c)))
 
 
@@ -87,7 +90,7 @@ def conv_batch(kernels: jax.Array, v: jax.Array, strides, pads) -> jax.Array:
     """
     g, kh, kw, cin, cout = kernels.shape
     if pads == "CIRCULAR":
-        cp = conv_ops._circular_pads((kh, kw))
+        cp = circular_pads((kh, kw))
         v = jnp.pad(v, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
     else:
         v = jnp.pad(v, ((0, 0), pads[0], pads[1], (0, 0)))
@@ -211,13 +214,13 @@ class SpectralDense(_SpectralNormalized, DenseBase):
         # Start at the top singular vector of the initial kernel (input side: σ̂ = ‖u W‖), so a
         # new layer is normalized before any training step (a random start gave ‖W/σ̂‖ ≈ 4).
         w = self.kernel[...]
-        top = jnp.linalg.svd(w / linalg.pow2_scale(w), full_matrices=False)[0][:, 0]
+        top = jnp.linalg.svd(w / pow2_scale(w), full_matrices=False)[0][:, 0]
         self.power_state[...] = top.astype(self.power_state[...].dtype)
 
     def _sigma_hat(self) -> SigmaHat:
         """‖û A‖ and ‖|û||A|‖ for A = W/c and the stored u (full-precision products)."""
         w = self.kernel[...]
-        c = linalg.pow2_scale(w)
+        c = pow2_scale(w)
         a = w / c
         uh = _unit(self.power_state[...])
         y = jnp.matmul(uh, a, precision=_HI)
@@ -253,7 +256,7 @@ class SpectralConv(_SpectralNormalized, ConvBase):
     def _sigma_hat(self) -> SigmaHat:
         """‖A û‖ and ‖|A||û|‖ on the real operator (layer padding and stride, A on k/c)."""
         k = self.kernel[...]
-        c = linalg.pow2_scale(k)
+        c = pow2_scale(k)
         kc = k / c
         uh = _unit(self.power_state[...])
         pads = _checks.padding(self.padding, self.input_size, self.kernel_size, self.strides)

@@ -114,7 +114,8 @@ class LinearOperator:
 
     def __repr__(self) -> str:
         shape = getattr(self._array, "shape", None)
-        return f"{type(self).__name__}(array shape {shape}, in {self.in_shape}, out {self.out_shape})"
+        name = type(self).__name__
+        return f"{name}(array shape {shape}, in {self.in_shape}, out {self.out_shape})"
 
 
 @jax.tree_util.register_pytree_node_class
