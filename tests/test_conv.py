@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from liplax import conv
+from liplax.norms import dft
 from tests import reference as ref
 from tests._helpers import (
     DTYPES,
@@ -763,8 +764,8 @@ def test_unique_frequencies_one_per_conjugate_pair(n_hw):
     # Every frequency (u, v) of the full N_h x N_w grid is, or is the conjugate of, exactly one
     # listed frequency; the singular values of K̂ are therefore all present.
     nh, nw = n_hw
-    listed = {tuple(int(x) for x in f) for f in conv.unique_frequencies(n_hw)}
-    assert len(listed) == len(conv.unique_frequencies(n_hw))
+    listed = {tuple(int(x) for x in f) for f in dft.unique_frequencies(n_hw)}
+    assert len(listed) == len(dft.unique_frequencies(n_hw))
     for u in range(nh):
         for v in range(nw):
             conj = ((-u) % nh, (-v) % nw)
@@ -775,8 +776,8 @@ def test_unique_frequencies_one_per_conjugate_pair(n_hw):
     rng = np.random.default_rng(seed_of("unique_frequencies", n_hw))
     kernel = rng.standard_normal((3, 2, 4, 3))
     with jax.enable_x64(True):
-        mats = np.asarray(conv.frequency_matrices(jnp.asarray(kernel), n_hw))
+        mats = np.asarray(dft.frequency_matrices(jnp.asarray(kernel), n_hw))
     p, q = np.arange(3), np.arange(2)
-    for (u, v), m in zip(conv.unique_frequencies(n_hw), mats, strict=True):
+    for (u, v), m in zip(dft.unique_frequencies(n_hw), mats, strict=True):
         w = np.exp(2j * np.pi * (p[:, None] * u / nh + q[None, :] * v / nw))
         np.testing.assert_allclose(m, np.einsum("pqio,pq->io", kernel, w), rtol=0, atol=1e-12)

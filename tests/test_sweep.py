@@ -74,7 +74,7 @@ def kernels() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def gram_singles(kernels) -> np.ndarray:
-    return np.asarray(_single(conv_gram, kernels))
+    return _stack(_single(conv_gram, kernels)).value
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def same_truths(kernels) -> np.ndarray:
 
 @pytest.mark.parametrize("chunk_size", CHUNKS)
 def test_conv_gram_sweep_equals_single_calls(kernels, gram_singles, same_truths, chunk_size):
-    got = np.asarray(sweep(conv_gram, jnp.asarray(kernels), chunk_size=chunk_size))
+    got = np.asarray(sweep(conv_gram, jnp.asarray(kernels), chunk_size=chunk_size).value)
     assert got.shape == (len(kernels),)
     np.testing.assert_allclose(got, gram_singles, rtol=2e-6)
     assert np.all(got >= same_truths)  # still each item's own upper bound.
@@ -94,8 +94,8 @@ def test_conv_gram_sweep_equals_single_calls(kernels, gram_singles, same_truths,
 
 @pytest.mark.parametrize("chunk_size", (None, 3))
 def test_conv_exact_sweep_matches_fft_svd_truth(kernels, chunk_size):
-    got = np.asarray(sweep(conv_exact, kernels, chunk_size=chunk_size))
-    singles = np.asarray(_single(conv_exact, kernels))
+    got = np.asarray(sweep(conv_exact, kernels, chunk_size=chunk_size).value)
+    singles = _stack(_single(conv_exact, kernels)).value
     np.testing.assert_allclose(got, singles, rtol=2e-6)
     truths = [ref.circular_spectral_norm_fft(k, HW) for k in kernels]
     np.testing.assert_allclose(got, truths, rtol=1e-5)
@@ -105,11 +105,11 @@ def test_conv_exact_sweep_matches_fft_svd_truth(kernels, chunk_size):
 def test_dense_exact_and_gram_sweeps(chunk_size):
     ws = _matrices()
     truths = np.array([ref.spectral_norm_truth(ref.dense_operator(w)) for w in ws])
-    exact = np.asarray(sweep(linalg.spectral_norm, ws, chunk_size=chunk_size))
+    exact = np.asarray(sweep(linalg.spectral_norm, ws, chunk_size=chunk_size).value)
     np.testing.assert_allclose(exact, truths, rtol=1e-5)
-    np.testing.assert_allclose(exact, np.asarray(_single(linalg.spectral_norm, ws)), rtol=2e-6)
-    gram = np.asarray(sweep(dense_gram, ws, chunk_size=chunk_size))
-    np.testing.assert_allclose(gram, np.asarray(_single(dense_gram, ws)), rtol=2e-6)
+    np.testing.assert_allclose(exact, _stack(_single(linalg.spectral_norm, ws)).value, rtol=2e-6)
+    gram = np.asarray(sweep(dense_gram, ws, chunk_size=chunk_size).value)
+    np.testing.assert_allclose(gram, _stack(_single(dense_gram, ws)).value, rtol=2e-6)
     assert np.all(gram >= truths)
     assert np.all(gram <= truths * 1.05)  # 6 Gram steps on a 9×5 matrix: within a few percent.
 
@@ -121,11 +121,11 @@ def test_input_order_is_preserved(chunk_size):
     w = _matrices(1)[0]
     scales = np.array([5.0, 1.0, 7.0, 2.0, 0.5, 3.0, 6.0, 4.0], np.float32)
     batch = scales[:, None, None] * w[None]
-    got = np.asarray(sweep(linalg.spectral_norm, batch, chunk_size=chunk_size))
+    got = np.asarray(sweep(linalg.spectral_norm, batch, chunk_size=chunk_size).value)
     np.testing.assert_allclose(got, scales * ref.spectral_norm_truth(ref.dense_operator(w)),
                                rtol=1e-5)
     perm = np.random.default_rng(0).permutation(len(scales))
-    permuted = np.asarray(sweep(linalg.spectral_norm, batch[perm], chunk_size=chunk_size))
+    permuted = np.asarray(sweep(linalg.spectral_norm, batch[perm], chunk_size=chunk_size).value)
     np.testing.assert_array_equal(permuted, got[perm])
 
 
@@ -133,13 +133,13 @@ def test_input_order_is_preserved(chunk_size):
 def test_pytree_outputs_of_power_iteration(kernels, chunk_size):
     est, u = sweep(conv_power, kernels, chunk_size=chunk_size)
     singles = _stack(_single(conv_power, kernels))
-    assert est.shape == (len(kernels),) and u.shape == (len(kernels), *HW, kernels.shape[3])
-    np.testing.assert_allclose(np.asarray(est), singles[0], rtol=1e-5)
+    assert est.value.shape == (len(kernels),) and u.shape == (len(kernels), *HW, kernels.shape[3])
+    np.testing.assert_allclose(np.asarray(est.value), singles[0].value, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(u), singles[1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(u).reshape(len(kernels), -1), axis=1), 1,
                                rtol=1e-5)
     truths = np.array([ref.circular_spectral_norm_fft(k, HW) for k in kernels])
-    assert np.all(np.asarray(est) <= truths * (1 + 1e-5))  # an estimate: from below.
+    assert np.all(np.asarray(est.value) <= truths * (1 + 1e-5))  # an estimate: from below.
 
 
 @pytest.mark.parametrize("chunk_size", (None, 2))
@@ -148,23 +148,23 @@ def test_pytree_inputs_warm_start(chunk_size):
     us = np.random.default_rng(2).standard_normal((len(ws), ws.shape[1])).astype(np.float32)
     est, u = sweep(_warm_power, (ws, us), chunk_size=chunk_size)
     singles = _stack(_single(_warm_power, (ws, us)))
-    np.testing.assert_allclose(np.asarray(est), singles[0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(est.value), singles[0].value, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(u), singles[1], rtol=1e-4, atol=1e-5)
 
 
 def test_one_device_mesh_equals_no_mesh(kernels):
     mesh = jax.make_mesh((1,), ("batch",))
-    plain = np.asarray(sweep(conv_gram, kernels, chunk_size=3))
+    plain = np.asarray(sweep(conv_gram, kernels, chunk_size=3).value)
     np.testing.assert_allclose(
-        np.asarray(sweep(conv_gram, kernels, chunk_size=3, mesh=mesh)), plain, rtol=2e-6
+        np.asarray(sweep(conv_gram, kernels, chunk_size=3, mesh=mesh).value), plain, rtol=2e-6
     )
 
 
 def test_sweep_inside_jit_and_exported():
     ws = _matrices()
     jitted = jax.jit(functools.partial(sweep, linalg.spectral_norm, chunk_size=3))
-    np.testing.assert_allclose(np.asarray(jitted(ws)), np.asarray(sweep(linalg.spectral_norm, ws)),
-                               rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(jitted(ws).value),
+                               np.asarray(sweep(linalg.spectral_norm, ws).value), rtol=2e-6)
     assert liplax.sweep is sweep and liplax.model_sweep is model_sweep
 
 
@@ -234,11 +234,12 @@ _DEVICE_SCRIPT = textwrap.dedent(
                               key=jax.random.key(0))
     out = {}
     for c in (None, 1, 2):
-        out[f"gram_{c}"] = np.asarray(sweep(gram, ks, chunk_size=c, mesh=mesh)).tolist()
+        out[f"gram_{c}"] = np.asarray(sweep(gram, ks, chunk_size=c, mesh=mesh).value).tolist()
     est, u = sweep(power, ks, chunk_size=2, mesh=mesh)
-    out["power"] = np.asarray(est).tolist()
+    out["power"] = np.asarray(est.value).tolist()
     out["power_u"] = np.asarray(u).reshape(-1).tolist()
-    out["exact"] = np.asarray(sweep(linalg.spectral_norm, ks.reshape(10, 9, 6), mesh=mesh)).tolist()
+    exact = sweep(linalg.spectral_norm, ks.reshape(10, 9, 6), mesh=mesh)
+    out["exact"] = np.asarray(exact.value).tolist()
     print(json.dumps(out))
     """
 )
@@ -266,7 +267,7 @@ def test_one_and_four_devices_agree():
     # and the sharded results are the single calls (in order), not merely self-consistent.
     ks = (np.random.default_rng(0).standard_normal((10, 3, 3, 2, 3)) / 4).astype(np.float32)
     gram = functools.partial(conv.gram_bound, input_shape=(6, 6), num_iters=5)
-    np.testing.assert_allclose(four["gram_2"], np.asarray(_single(gram, ks)), rtol=2e-6)
+    np.testing.assert_allclose(four["gram_2"], _stack(_single(gram, ks)).value, rtol=2e-6)
 
 
 # --------------------------------------------------------------------------------------------
