@@ -184,7 +184,8 @@ def step_breakdown(group, repeats: int) -> dict:
         kw = {"strides": first.strides, "padding": first.padding, "num_iters": 1}
         variants = {
             "per_layer_library": lambda k: [
-                conv.power_iteration(k[i], first.input_size, us[i], **kw)[0] for i in range(n)],
+                conv.power_iteration(k[i], first.input_size, us[i], **kw)[0].value
+                for i in range(n)],
             "per_layer_im2col": lambda k: [
                 conv_power_step(k[i:i + 1], us[i:i + 1], **kw)[0] for i in range(n)],
             "grouped": lambda k: [conv_power_step(k, us, **kw)[0]],

@@ -10,7 +10,7 @@ Measured:
   shape (HWIO (3, 3, 64, 64) kernels at 32×32, ``conv.gram_bound``) with a batch scaled down to
   ``--batch`` (1024 such kernels take ~2 min per pass on a 2-core CPU, ×2 methods ×10 repeats),
   and for a small shape where per-call overhead matters ((3, 3, 8, 8) at 16×16, 256 kernels;
-  above ``conv.DENSE_LIMIT`` so only the frequency-domain Gram iteration runs), and for tiny
+  above ``norms.gram.DENSE_LIMIT`` so only the frequency-domain Gram iteration runs), and for tiny
   operators where dispatch dominates (``linalg.gram_bound`` on 1024 matrices of 16×16).
 - ``memory``: XLA's compiled temporary buffer (``compiled.memory_analysis().temp_size_in_bytes``,
   the peak of the intermediates the program allocates besides its inputs and outputs) of the
@@ -130,11 +130,12 @@ def _flops(compiled) -> float:
 
 def work_case(shape, input_shape, batch: int, rounds: int, num_iters: int = 6) -> dict:
     """FLOPs per kernel and the machine's matmul throughput: the ceiling of a batched sweep."""
-    from liplax.conv import _circular_setup, _resolve
+    from liplax.norms import ConvOperator
+    from liplax.norms.dft import circular_setup
 
     kh, kw, cin, cout = shape
-    kernel, hw, st, pads = _resolve(jnp.zeros(shape, jnp.float32), input_shape, 1, "SAME")
-    _, (nh, nw) = _circular_setup(kernel, hw, st, pads)
+    op = ConvOperator(jnp.zeros(shape, jnp.float32), input_shape, 1, "SAME")
+    _, (nh, nw) = circular_setup(op.kernel, op.input_hw, op.strides, op.pads)
     num_f = nh * (nw // 2 + 1)
     m, n = max(cin, cout), min(cin, cout)
     gram_flops = num_f * 4 * (2 * m * n * n + (num_iters - 1) * 2 * n**3)
@@ -147,8 +148,8 @@ def work_case(shape, input_shape, batch: int, rounds: int, num_iters: int = 6) -
     ks = _kernels(batch, shape)
     single = jax.jit(fn)
     rows = [ks[i] for i in range(batch)]
-    from liplax.conv import frequency_matrices
-    from liplax.linalg import gram_iteration
+    from liplax.norms.dft import frequency_matrices
+    from liplax.norms.gram import gram_iteration
 
     def _tall(m):  # Gram iteration on the smaller side, as conv.gram_bound does
         return m if m.shape[-2] >= m.shape[-1] else jnp.swapaxes(m, -1, -2)

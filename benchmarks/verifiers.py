@@ -85,9 +85,9 @@ def run_net(name: str, dims: list[int], repeats: int) -> dict:
     out: dict = {"dims": dims, "l2": {}, "linf": {}}
     l2, linf = out["l2"], out["linf"]
 
-    spec = jax.jit(lambda ws: math.prod(linalg.spectral_norm(w) for w in ws))
-    gram = jax.jit(lambda ws: math.prod(linalg.gram_bound(w) for w in ws))
-    ninf = jax.jit(lambda ws: math.prod(linalg.norm_inf(w) for w in ws))
+    spec = jax.jit(lambda ws: math.prod(linalg.spectral_norm(w).value for w in ws))
+    gram = jax.jit(lambda ws: math.prod(linalg.gram_bound(w).value for w in ws))
+    ninf = jax.jit(lambda ws: math.prod(linalg.norm_inf(w).value for w in ws))
     for key, fn in (("trivial_spectral_norm_jax", spec), ("trivial_gram_bound_jax", gram)):
         t, v = _median_time(lambda fn=fn: fn(ws32), repeats)
         l2[key] = _entry(v, t, repeats=repeats, kind="upper")

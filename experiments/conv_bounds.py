@@ -8,7 +8,7 @@ Operators (:mod:`liplax.conv`, HWIO kernels, flax padding):
 - ``gram(t)``: :func:`~liplax.conv.gram_bound` with t Gram steps (Delattre et al., ICML 2023):
   ``upper`` at every t, non-increasing in t; circular, zero padding (``SAME``/``VALID``), strides.
 - ``zero-padding bound``: the exact norm of the circular convolution on N ≥ n + min(k − 1,
-  max(lo, hi)) samples per axis (:func:`~liplax.conv.circular_size`), of which the zero-padded
+  max(lo, hi)) samples per axis (:func:`~liplax.norms.dft.circular_size`), of which the zero-padded
   layer is a submatrix: ``upper``; the value Gram's circular embedding converges to.
 - ``power(t)``: :func:`~liplax.conv.power_iteration` on the real layer (t steps of AᵀA),
   ``estimate``: from below.
@@ -40,6 +40,7 @@ import numpy as np
 
 from experiments import _common
 from liplax import _checks, conv
+from liplax.norms.dft import circular_size
 
 NAME = "conv_bounds"
 GRAM_SLACK = 1e-5  # relative growth of the rounding margin per Gram step, once converged
@@ -82,7 +83,7 @@ def zero_padding_bound(kernel: jax.Array, n: int, stride: int, padding) -> float
     if pads == "CIRCULAR":
         size = (n, n)
     else:
-        size = tuple(conv.circular_size(n, k, stride, lo, hi)
+        size = tuple(circular_size(n, k, stride, lo, hi)
                      for k, (lo, hi) in zip((kh, kw), pads, strict=True))
     return float(jax.jit(partial(conv.exact_spectral_norm, input_shape=size,
                                  strides=stride))(kernel))

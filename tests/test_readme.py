@@ -76,6 +76,7 @@ def _check_ten_lines(ns: dict, values: list) -> None:
     w = np.asarray(ns["w"], np.float64)
     truth = np.linalg.norm(w, 2)
     exact, gram, sigma = values[0], values[1], ns["sigma"]
+    assert (exact.kind, gram.kind, sigma.kind) == ("exact", "upper", "estimate")
     assert float(exact) == pytest.approx(truth, rel=1e-5)
     assert truth <= float(gram) <= truth * 1.01  # "upper, within ~1%"
     assert float(sigma) <= truth * (1 + 1e-5)  # an estimate from below
@@ -95,7 +96,9 @@ def _check_layers(ns: dict, values: list) -> None:
 
 def _check_sweep(ns: dict, values: list) -> None:
     f, batch = ns["f"], np.asarray(ns["kernels"])
-    out = np.asarray(ns["values"] if "values" in ns else ns["bounds"])
+    out = ns["values"] if "values" in ns else ns["bounds"]
+    assert out.kind == "upper"
+    out = np.asarray(out.value)
     assert out.shape == (batch.shape[0],)
     for i in (0, batch.shape[0] - 1):  # in input order, each the single call's value
         assert float(out[i]) == pytest.approx(float(f(batch[i])), rel=1e-5)

@@ -19,12 +19,12 @@ import pytest
 from flax import nnx
 
 from liplax import certify, conv, linalg
-from liplax.norms import scaling
-from liplax.norms.gram import gram_iteration
 from liplax import nn as ln
 from liplax.nn.conv import conv_bound
 from liplax.nn.dense import matrix_bound
 from liplax.nn.linf import project_l1_ball
+from liplax.norms import scaling
+from liplax.norms.gram import gram_iteration
 from tests import reference as ref
 from tests._helpers import precision
 from tests.scale_helpers import ROUTINES, SCALES, check, draw, store
