@@ -27,7 +27,7 @@ import pytest
 from flax import nnx
 
 import liplax.nn as ln
-from liplax import bounds, certify, configs, conv, data, linalg, losses, train
+from liplax import bounds, certify, configs, conv, data, linalg, losses, norms, train
 from liplax.checkpoint import CheckpointError, OutputError, check_output_dir
 from liplax.guarantee import Bound
 from tests.nn_helpers import rngs
@@ -171,6 +171,20 @@ CASES = [
              'x has 3 channels but kernel expects in = 2 (kernel shape (3, 3, '
              '2, 2))'
          )),
+    # ---------------------------------------------------------------- liplax.norms
+    Case("norms.spectral_norm", 'a zero-padded ConvOperator (padding="SAME")',
+         lambda: norms.spectral_norm(norms.ConvOperator(K, (4, 4))), ValueError,
+         (
+             "op must be a circular convolution (padding='CIRCULAR') for an exact norm, got "
+             "padding ((1, 1), (1, 1)): a zero-padded layer has no exact closed form; use "
+             "liplax.norms.gram_bound for an upper bound"
+         )),
+    Case("norms.gram_bound", "a bare array instead of an operator",
+         lambda: norms.gram_bound(W), TypeError,
+         "op must be a liplax operator of family ('dense', 'conv') for gram_bound, got ndarray"),
+    Case("norms.ConvOperator", "padding=((1, -1), (0, 0))",
+         lambda: norms.ConvOperator(K, (4, 4), padding=((1, -1), (0, 0))), ValueError,
+         "padding must be non-negative, got ((1, -1), (0, 0)) (axis 0)"),
     # ---------------------------------------------------------------- liplax.nn
     Case("nn.Dense", "in_features=0", lambda: ln.Dense(0, 2, rngs=rngs()), ValueError,
          'Dense: in_features must be a positive int, got 0'),
