@@ -3,7 +3,9 @@
 Modules (one concept each; lower ones never import higher ones):
 
 - :mod:`liplax.guarantee`: :class:`Bound` and the ``exact``/``upper``/``estimate`` vocabulary.
-- :mod:`liplax.linalg`: operator norms of matrices.
+- :mod:`liplax.norms`: operators (dense, convolution) and their norms, one module per method
+  (exact, Gram, power, induced ℓ1/ℓ∞); each routine returns a :class:`Bound`.
+- :mod:`liplax.linalg`: operator norms of matrices (one line each over :mod:`liplax.norms`).
 - :mod:`liplax.conv`: operator norms of convolutions (circular, zero padding, strides).
 - :mod:`liplax.nn`: Lipschitz layers and activations for Flax NNX, each with its bound.
 - :mod:`liplax.bounds`: a network's trivial bound, its log form and its training penalty.
@@ -24,13 +26,13 @@ import types
 
 __all__ = [
     "Bound", "compose", "require_certified", "bounds", "certify", "conv", "linalg",
-    "model_sweep", "nn", "sweep",
+    "model_sweep", "nn", "norms", "sweep",
 ]
 __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({
     "bounds", "certify", "checkpoint", "cli", "configs", "conv", "data", "grouped", "guarantee",
-    "linalg", "losses", "nn", "report", "sweep_cli", "train", "verify",
+    "linalg", "losses", "nn", "norms", "report", "sweep_cli", "train", "verify",
 })
 _NAMES = {
     "Bound": "liplax.guarantee", "compose": "liplax.guarantee",
