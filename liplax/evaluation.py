@@ -100,7 +100,7 @@ def make_evaluator(run):
             "lipschitz_upper": up,
             "upper_kind": upper.kind,
             "lipschitz_lower": lo,
-            "tightness": up / lo if lo > 0 else math.inf,
+            "tightness": float(certify.tightness_ratio(up, lo)),
             # Certified at ε: radius > ε (margin > c·L·ε); the radius is 0 when misclassified.
             "certified_accuracy": {eps_key(e): float(np.mean(radius > e)) for e in config.eps},
             "_witness": witness,
