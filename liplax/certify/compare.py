@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from liplax.certify.certificates import upper_value
 from liplax.certify.lower_bound import LowerBound, lipschitz_lower_bound
@@ -20,14 +21,21 @@ def tightness_ratio(upper, lower) -> jax.Array:
     """upper / lower, elementwise: ≥ 1 for a valid upper bound and an attained lower bound.
 
     1 means tight. Where nothing was found (lower = 0) the ratio is inf, except for a constant
-    map (upper = lower = 0), where the bound is exact and the ratio is 1; a nan in either gives
-    nan. The ratio over-states the looseness by however much ``lower`` falls short of the truth.
+    map (upper = lower = 0), where the bound is exact and the ratio is 1; a nan in either, or
+    both infinite, gives nan. The ratio over-states the looseness by however much ``lower`` falls
+    short of the truth. Host numbers are divided in float64 (NumPy), JAX arrays and tracers in
+    their own dtype (jit- and vmap-safe).
     """
-    upper, lower = jnp.asarray(upper), jnp.asarray(lower)
-    safe = jnp.where(lower > 0, lower, 1)
-    at_zero = jnp.where(upper == 0, 1.0, jnp.where(upper > 0, jnp.inf, jnp.nan))
-    ratio = jnp.where(lower > 0, upper / safe, jnp.where(lower == 0, at_zero, jnp.nan))
-    return ratio.astype(jnp.result_type(upper, lower, float))
+    # NumPy (float64) for host numbers, as reports hold them; jax.numpy for arrays and tracers.
+    xp = jnp if isinstance(upper, jax.Array) or isinstance(lower, jax.Array) else np
+    upper, lower = xp.asarray(upper), xp.asarray(lower)
+    dtype = xp.result_type(upper, lower, float)
+    upper, lower = upper.astype(dtype), lower.astype(dtype)
+    safe = xp.where(lower > 0, lower, 1)
+    at_zero = xp.where(upper == 0, 1.0, xp.where(upper > 0, xp.inf, xp.nan))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/inf is nan; overflow is inf
+        ratio = xp.where(lower > 0, upper / safe, xp.where(lower == 0, at_zero, xp.nan))
+    return ratio.astype(dtype)
 
 
 class Tightness(NamedTuple):
