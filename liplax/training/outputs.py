@@ -98,7 +98,7 @@ class Stages:
 
 
 def run_meta(config: Config, history: list[dict], step: int, dataset: Dataset,
-          elapsed: float) -> dict:
+             elapsed: float) -> dict:
     """The JSON metadata a checkpoint stores beside the state (config, history, data order)."""
     return {
         "format": 1,
@@ -116,7 +116,7 @@ def run_meta(config: Config, history: list[dict], step: int, dataset: Dataset,
 
 
 def run_report(run: Run, final: dict, history: list[dict], dataset: Dataset, seconds: float,
-            steps_done: int) -> dict:
+               steps_done: int) -> dict:
     """``report.json``: the final evaluation, the run's settings, history and layer table."""
     c = run.config
     return {
