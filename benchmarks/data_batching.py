@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from liplax import data  # noqa: E402
+from liplax.training import data  # noqa: E402
 
 SIZES = (1347, 60000)
 

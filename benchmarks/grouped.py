@@ -1,4 +1,4 @@
-"""Grouped power steps (issue 6) against one power step per layer, in the same process.
+"""Grouped power steps against one power step per layer, in the same process.
 
 The penalty's fast path (``trivial_bound_penalty(kind="log", p=2, fast=True)``) with
 ``grouped=True`` (one vmapped power step per group of same-shape layers,

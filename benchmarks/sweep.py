@@ -1,4 +1,4 @@
-"""Batched bound sweeps (issue 6): ``liplax.sweep`` against a Python loop of jitted single calls.
+"""Batched bound sweeps: ``liplax.sweep`` against a Python loop of jitted single calls.
 
 Writes JSON to stdout and to ``benchmarks/results/sweep.json``. Every timing is the median of
 ``--repeats`` runs after a warm-up (compilation excluded), with ``block_until_ready``; the
@@ -6,7 +6,7 @@ baseline (a Python loop calling the jitted operator once per kernel) runs in the
 
 Measured:
 
-- ``speed``: per-kernel time of ``sweep`` (one vmap, and chunked) vs the loop, for the issue's
+- ``speed``: per-kernel time of ``sweep`` (one vmap, and chunked) vs the loop, for the target
   shape (HWIO (3, 3, 64, 64) kernels at 32×32, ``conv.gram_bound``) with a batch scaled down to
   ``--batch`` (1024 such kernels take ~2 min per pass on a 2-core CPU, ×2 methods ×10 repeats),
   and for a small shape where per-call overhead matters ((3, 3, 8, 8) at 16×16, 256 kernels;
@@ -14,14 +14,14 @@ Measured:
   operators where dispatch dominates (``linalg.gram_bound`` on 1024 matrices of 16×16).
 - ``memory``: XLA's compiled temporary buffer (``compiled.memory_analysis().temp_size_in_bytes``,
   the peak of the intermediates the program allocates besides its inputs and outputs) of the
-  issue-shaped sweep for several batch sizes, with and without chunking. It is the figure that
+  target-shaped sweep for several batch sizes, with and without chunking. It is the figure that
   matters on an accelerator; CPU devices report no runtime ``memory_stats()``.
 - ``devices``: the small-shape sweep over a mesh of 1, 2 and 4 simulated CPU devices, one
   subprocess per count (``XLA_FLAGS=--xla_force_host_platform_device_count`` is read when JAX
   starts). Simulated devices share the machine's cores, so this measures the sharding overhead,
   not a speed-up: on a 2-core machine 4 devices cannot beat 2.
 
-- ``work``: why the issue-shaped sweep cannot be 3× faster than the loop on a CPU. Per kernel,
+- ``work``: why the target-shaped sweep cannot be 3× faster than the loop on a CPU. Per kernel,
   ``conv.gram_bound`` runs T = 6 Gram steps on F = 33·17 = 561 complex 64×64 frequency
   matrices (SAME padding embeds 32×32 into a 33×33 circle), each step four real 64×64 matrix
   products: 4·F·T·2·64³ ≈ 7.1 GFLOP, against ≈ 0.05 GFLOP for the frequency matrices. The
@@ -34,7 +34,7 @@ Measured:
   Timings interleave the four, and report the median and the minimum over rounds (the minimum
   is the least disturbed by other jobs on a shared machine).
 
-Floors (issue 6): the sweep ≥ 3× faster per kernel than the loop; the chunked temp memory
+Floors: the sweep ≥ 3× faster per kernel than the loop; the chunked temp memory
 independent of the batch size.
 
 Run: ``python benchmarks/sweep.py [--batch 16] [--repeats 10] [--out PATH]``.
@@ -64,7 +64,7 @@ if str(ROOT) not in sys.path:
 from liplax import conv, linalg  # noqa: E402
 from liplax.sweep import sweep  # noqa: E402
 
-ISSUE = {"kernel": (3, 3, 64, 64), "input_shape": (32, 32)}
+TARGET = {"kernel": (3, 3, 64, 64), "input_shape": (32, 32)}
 SMALL = {"kernel": (3, 3, 8, 8), "input_shape": (16, 16), "batch": 256}
 TINY = {"matrix": (16, 16), "batch": 1024}
 
@@ -256,7 +256,7 @@ def devices_case(counts, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8, help="issue-shaped kernels timed")
+    parser.add_argument("--batch", type=int, default=8, help="target-shaped kernels timed")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     parser.add_argument("--device-worker", action="store_true", help=argparse.SUPPRESS)
@@ -272,18 +272,18 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor()},
         "repeats": args.repeats,
         "scale_note": (
-            f"issue shape timed on {args.batch} kernels instead of 1024 (2-core CPU shared with "
+            f"target shape timed on {args.batch} kernels instead of 1024 (2-core CPU shared with "
             f"other jobs); the small shape uses {SMALL['batch']} kernels"
         ),
         "speed": [
-            conv_speed_case(ISSUE["kernel"], ISSUE["input_shape"], args.batch, (None, 4),
+            conv_speed_case(TARGET["kernel"], TARGET["input_shape"], args.batch, (None, 4),
                             args.repeats),
             conv_speed_case(SMALL["kernel"], SMALL["input_shape"], SMALL["batch"], (None, 64),
                             args.repeats),
             dense_speed_case(TINY["matrix"], TINY["batch"], (None, 256), args.repeats),
         ],
-        "work": work_case(ISSUE["kernel"], ISSUE["input_shape"], args.batch, args.repeats),
-        "memory": memory_case(ISSUE["kernel"], ISSUE["input_shape"], (32, 128, 512), 8),
+        "work": work_case(TARGET["kernel"], TARGET["input_shape"], args.batch, args.repeats),
+        "memory": memory_case(TARGET["kernel"], TARGET["input_shape"], (32, 128, 512), 8),
         "devices": devices_case((1, 2, 4), args.repeats),
     }
     text = json.dumps(result, indent=2)

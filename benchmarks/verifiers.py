@@ -6,7 +6,7 @@ LipSDP) are timed as the median of ``--repeats`` runs after a warm-up (``block_u
 JAX); the slow ones (LiPopt, exact, lower bound) as one run after warm-up/compilation, which is
 recorded beside each time. What is infeasible is skipped with the reason recorded.
 
-Floors (issue 4): LipSDP on 784-20-10 under 2 s (the input-dimension reduction), and the trivial
+Floors: LipSDP on 784-20-10 under 2 s (the input-dimension reduction), and the trivial
 bound at least 1000× faster than LipSDP there: the sound (``upper``) trivial bound, the product
 of ``liplax.linalg.gram_bound``, jitted. The product of ``liplax.linalg.spectral_norm`` (SVD) is
 recorded beside it.

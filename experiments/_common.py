@@ -5,12 +5,15 @@ Every experiment ``experiments/<name>.py`` exposes ``run(out_dir, *, quick=False
 and writes ``<name>.json``, ``<name>.png`` and ``<name>.md`` into ``<out>/<name>/``. ``--quick`` is
 the small configuration the tests run (a few seconds each); the full configuration is what
 ``experiments/README.md`` reports.
+
+The networks and their training come from :mod:`liplax.training` (:func:`~liplax.training.fit`,
+:func:`~liplax.training.lipschitz_mlp`, :func:`~liplax.training.train`); this module holds only
+what the experiment scripts share besides: files, tables, figures, timing and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -158,97 +161,3 @@ def main(name: str, run: Callable[..., dict], description: str) -> None:
     run(args.out, quick=args.quick, seed=args.seed)
     out = experiment_dir(args.out, name)
     print(f"{name}: wrote {out}/{name}.json, .png, .md in {time.perf_counter() - t0:.1f} s")
-
-
-# ----------------------------------------------------------------------------- small networks
-
-ACTIVATIONS = ("maxmin", "relu")
-WEIGHTS = ("bjorck", "spectral")
-
-
-def lipschitz_mlp(
-    sizes: Sequence[int], *, activation: str, weights: str, key: jax.Array, bjorck_iters: int = 15
-):
-    """A 1-Lipschitz (ℓ2) MLP ``sizes[0] → … → sizes[-1]`` with biases.
-
-    ``weights``: ``"bjorck"`` (:class:`liplax.nn.BjorckDense`, orthonormalized) or ``"spectral"``
-    (:class:`liplax.nn.SpectralDense`, divided by a warm power-iteration estimate);
-    ``activation``: ``"maxmin"`` (GroupSort with groups of 2, gradient-norm preserving) or
-    ``"relu"``. The hidden widths must be even for MaxMin.
-    """
-    from flax import nnx
-
-    from liplax import nn
-
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    rngs = nnx.Rngs(params=key)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        if weights == "bjorck":
-            layers.append(nn.BjorckDense(a, b, use_bias=True, num_iters=bjorck_iters, rngs=rngs))
-        else:
-            layers.append(nn.SpectralDense(a, b, use_bias=True, power_iters=2, rngs=rngs))
-        if i < len(sizes) - 2:
-            layers.append(nn.MaxMin() if activation == "maxmin" else nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-@functools.cache
-def _adam(lr: float):
-    import optax
-
-    return optax.adam(lr)  # one object per rate: equal optimizers, one compilation
-
-
-@functools.cache
-def _train_loop(loss_fn: Callable):
-    from flax import nnx
-
-    @nnx.jit
-    def loop(model, opt, keys, data):
-        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-        def step(carry, k):
-            model, opt = carry
-            loss, grads = nnx.value_and_grad(loss_fn)(model, k, data)
-            opt.update(model, grads)
-            return (model, opt), loss
-
-        return step((model, opt), keys)[1]
-
-    return loop
-
-
-def train(
-    model, loss_fn: Callable, data, *, steps: int, lr: float, key: jax.Array
-) -> np.ndarray:
-    """Adam on ``loss_fn(model, key, data)`` for ``steps`` steps in one ``nnx.scan``.
-
-    A fresh key per step (for losses that sample their batch); ``data`` is any pytree of arrays
-    (a jit argument, so runs that differ only in ``data`` share one compilation, as long as
-    ``loss_fn`` is the same function object). The model's parameters and any power-iteration
-    state are updated in place; the model is left in eval mode. Returns every step's loss.
-    """
-    from flax import nnx
-
-    model.train()
-    opt = nnx.Optimizer(model, _adam(float(lr)), wrt=nnx.Param)
-    losses = _train_loop(loss_fn)(model, opt, jax.random.split(key, steps), data)
-    model.eval()
-    return np.asarray(losses)
-
-
-def settle_power_iterations(model, x: jax.Array, passes: int = 200) -> None:
-    """Run ``passes`` training-mode forward passes (no parameter update) so the warm
-    power-iteration vectors of spectrally normalized layers converge for the final weights;
-    then switch the model to eval mode. Only spectrally normalized layers need it."""
-    from flax import nnx
-
-    model.train()
-
-    step = nnx.jit(lambda model, x: model(x))
-    for _ in range(passes):
-        step(model, x)
-    model.eval()

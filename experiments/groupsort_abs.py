@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import _common
+from liplax import training
 from liplax.bounds import trivial_bound
 
 NAME = "groupsort_abs"
@@ -107,17 +108,17 @@ def run(out_dir, *, quick: bool = False, seed: int = 0) -> dict:
     for i, label in enumerate(cfg["networks"]):
         activation, weights = NETWORKS[label]
         k_init, k_train = jax.random.split(jax.random.fold_in(key, i))
-        model = _common.lipschitz_mlp(
+        model = training.lipschitz_mlp(
             cfg["sizes"], activation=activation, weights=weights, key=k_init
         )
         seconds, losses = _common.timed(
-            lambda model=model, k=k_train: _common.train(
+            lambda model=model, k=k_train: training.fit(
                 model, _mse_loss, jnp.zeros((cfg["batch"], 1)), steps=cfg["steps"],
                 lr=cfg["lr"], key=k,
             )
         )
         if weights == "spectral":
-            _common.settle_power_iterations(model, jnp.zeros((1, 1)))
+            training.settle_power_iterations(model, jnp.zeros((1, 1)))
         r = _evaluate(model, grid)
         r.update(activation=activation, weights=weights, final_loss=float(losses[-1]),
                  train_seconds=seconds)

@@ -11,7 +11,7 @@ make it tight:
 - against ReLU networks with and without the penalty, and the GroupSort + Björck baseline
   (1-Lipschitz by construction; Anil et al., ICML 2019).
 
-Every network is trained by :func:`liplax.train.train` (the same loop as ``liplax train``) and
+Every network is trained by :func:`liplax.training.train` (the same loop as ``liplax train``) and
 evaluated on the test set: the certified trivial bound (``upper``), the best lower bound found
 (attained local Jacobian norms: Adam ascent on ‖J(x)‖ and gradient ascent with random kicks),
 their ratio (tightness ≥ 1: how far the certificate is from the truth at most), clean accuracy and
@@ -36,7 +36,9 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import numpy as np
 
 from experiments import _common
-from liplax import configs, data, train
+from liplax import training
+from liplax.training import config as configs
+from liplax.training import data
 
 NAME = "tight_bound"
 
@@ -98,7 +100,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0) -> dict:
         config = _config(dataset, label, p, seed, quick)
         run_dir = out / "runs" / config.name
         resume = (run_dir / "checkpoints").is_dir()
-        report = train.train(config, run_dir, dataset=loaded[dataset], quiet=True, resume=resume)
+        report = training.train(config, run_dir, dataset=loaded[dataset], quiet=True, resume=resume)
         row = {
             "dataset": dataset, "network": label, "p": "inf" if p == math.inf else "2",
             "upper": report["lipschitz_upper"], "kind": report["upper_kind"],

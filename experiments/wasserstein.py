@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import _common
+from liplax import training
 from liplax.bounds import trivial_bound
 
 NAME = "wasserstein"
@@ -157,11 +158,11 @@ def run(out_dir, *, quick: bool = False, seed: int = 0) -> dict:
         entry = {"dim": d, "true_w1": truth, "critics": {}}
         for cj, (critic, activation) in enumerate(CRITICS.items()):
             k_init, k_train = jax.random.split(jax.random.fold_in(k_case, 100 + cj))
-            model = _common.lipschitz_mlp(
+            model = training.lipschitz_mlp(
                 [d, *cfg["hidden"], 1], activation=activation, weights="bjorck", key=k_init
             )
             seconds, _ = _common.timed(
-                lambda model=model, k=k_train, pp=pool_p, pq=pool_q: _common.train(
+                lambda model=model, k=k_train, pp=pool_p, pq=pool_q: training.fit(
                     model, _neg_dual, (pp, pq, batch), steps=cfg["steps"], lr=cfg["lr"], key=k
                 )
             )

@@ -14,6 +14,9 @@ Modules (one concept each; lower ones never import higher ones):
   networks.
 - :mod:`liplax.sweep`: one bound operator over a batch of weights or kernels (vmap, chunks, mesh);
   the bounds of many checkpoints of one architecture (``model_sweep``).
+- :mod:`liplax.training`: configs, models, data, losses, the training loop, evaluation,
+  checkpoints and reports (one module each).
+- :mod:`liplax.cli`: the ``liplax`` command, one module per subcommand group.
 
 Every submodule and name is imported on first access (PEP 562 module ``__getattr__``):
 ``import liplax`` loads neither JAX nor Flax, so the ``liplax`` command answers ``--help`` and
@@ -24,15 +27,15 @@ import importlib
 import sys
 import types
 
+from liplax._version import __version__ as __version__
+
 __all__ = [
     "Bound", "compose", "require_certified", "bounds", "certify", "conv", "linalg",
     "model_sweep", "nn", "norms", "sweep",
 ]
-__version__ = "0.1.0"
-
 _SUBMODULES = frozenset({
-    "bounds", "certify", "checkpoint", "cli", "configs", "conv", "data", "grouped", "guarantee",
-    "linalg", "losses", "nn", "norms", "report", "sweep_cli", "train", "verify",
+    "bounds", "certify", "cli", "conv", "grouped", "guarantee", "linalg", "nn", "norms",
+    "training", "verify",
 })
 _NAMES = {
     "Bound": "liplax.guarantee", "compose": "liplax.guarantee",

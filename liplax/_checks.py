@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -154,3 +155,42 @@ def padding(
                 f"{n} + padding {lo + hi} < kernel {k}"
             )
     return pads
+
+
+# ----------------------------------------------------------------------------- values
+# Checks of concrete values (labels, radii, scalars, sizes) shared by the certificates, the
+# losses and the data pipeline. A traced value has no value yet: these checks skip it.
+
+
+def concrete(x) -> np.ndarray | None:
+    """``x`` as a NumPy array when it has a value now, ``None`` while it is being traced."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def finite(x, name: str) -> None:
+    """Refuse a concrete ``x`` holding nan or ±inf (a traced one passes)."""
+    v = concrete(x)
+    if v is not None and not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be finite, got non-finite values (nan/inf) in {name}")
+
+
+def positive_int(v, name: str) -> int:
+    """A Python/NumPy int ≥ 1 (not a bool) as an ``int``."""
+    return _positive_int(v, name)
+
+
+def real_scalar(value, name: str, *, positive: bool = False):
+    """A finite real scalar ≥ 0 (> 0 if ``positive``), returned as given; a traced one passes."""
+    v = concrete(value)
+    if v is None:
+        return value
+    if v.shape != () or not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
+        raise ValueError(f"{name} must be a real scalar, got {value!r}")
+    x = float(v)
+    if not np.isfinite(x) or x < 0 or (positive and x == 0):
+        expected = "> 0" if positive else "≥ 0"
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
+    return value

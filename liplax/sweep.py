@@ -39,7 +39,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from liplax.bounds import _static_shape
-from liplax.certify import local_norm_ascent
+from liplax.certify import local_norm_ascent, tightness_ratio
 from liplax.guarantee import Bound
 from liplax.nn._base import check_p
 from liplax.nn.containers import _children, _name, bound_of, output_shape_of
@@ -328,5 +328,5 @@ def model_sweep(
     result = {"trivial": out["trivial"], "layers": list(zip(names, out["layers"], strict=True))}
     if starts is not None:
         result["lower"] = Bound(out["lower"], "estimate")
-        result["tightness"] = out["trivial"].value / out["lower"]
+        result["tightness"] = tightness_ratio(out["trivial"].value, out["lower"])
     return result

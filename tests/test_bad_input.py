@@ -27,9 +27,10 @@ import pytest
 from flax import nnx
 
 import liplax.nn as ln
-from liplax import bounds, certify, configs, conv, data, linalg, losses, norms, train
-from liplax.checkpoint import CheckpointError, OutputError, check_output_dir
+from liplax import bounds, certify, conv, linalg, norms, training
 from liplax.guarantee import Bound
+from liplax.training import data, losses
+from liplax.training.checkpoint import CheckpointError, OutputError, check_output_dir
 from tests.nn_helpers import rngs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -405,36 +406,36 @@ CASES = [
              "Bound kind must be one of ('exact', 'upper', 'estimate'), got "
              "'guess'"
          )),
-    # ---------------------------------------------------------------- liplax.losses, data
-    Case("losses.cross_entropy", "logits of rank 1",
+    # ---------------------------------------------------------------- liplax.training losses, data
+    Case("training.losses.cross_entropy", "logits of rank 1",
          lambda: losses.cross_entropy(np.ones(3, np.float32), np.zeros(3, np.int32)),
          ValueError, "logits must have rank 2 (batch, classes), got shape (3,)"),
-    Case("data.read_idx", "a missing file",
+    Case("training.data.read_idx", "a missing file",
          lambda: data.read_idx("/nonexistent/train-images-idx3-ubyte"), data.DataError,
          "/nonexistent/train-images-idx3-ubyte: file not found (expected an IDX file)"),
-    Case("data.read_idx", "a truncated file",
+    Case("training.data.read_idx", "a truncated file",
          lambda: data.read_idx(_scratch_file("short-idx", bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))),
          data.DataError,
          "/tmp/liplax-rejected-inputs/short-idx: truncated data: 2 data bytes, expected 9 for "
          "shape (9,) of uint8"),
-    Case("data.load", "mnist without data_dir", lambda: data.load("mnist"), data.DataError,
+    Case("training.data.load", "mnist without data_dir", lambda: data.load("mnist"), data.DataError,
          "mnist: data_dir is required; expected the mnist IDX files train-images-idx3-ubyte, "
          "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each raw or "
          "with .gz) in data_dir; pass the folder holding them as data_dir (--data-dir)"),
     # ---------------------------------------------------------------- training (liplax train)
-    Case("configs.get_config", "an unknown config", lambda: configs.get_config("nope"),
-         ValueError, "unknown config 'nope'; choose one of " + ", ".join(configs.CONFIGS)),
-    Case("configs.with_overrides", "--set steps=1.5",
-         lambda: configs.get_config("default", ["steps=1.5"]), ValueError,
+    Case("training.get_config", "an unknown config", lambda: training.get_config("nope"),
+         ValueError, "unknown config 'nope'; choose one of " + ", ".join(training.CONFIGS)),
+    Case("training.with_overrides", "--set steps=1.5",
+         lambda: training.get_config("default", ["steps=1.5"]), ValueError,
          "config: steps='1.5' is not a valid int"),
-    Case("configs.with_overrides", "--set eval_every=7",
-         lambda: configs.get_config("default", ["eval_every=7"]), ValueError,
+    Case("training.with_overrides", "--set eval_every=7",
+         lambda: training.get_config("default", ["eval_every=7"]), ValueError,
          "config: eval_every=7; expected a positive multiple of log_every=50"),
-    Case("train.train", "--out naming a file",
+    Case("training.train", "--out naming a file",
          lambda: check_output_dir(_scratch_file("file", b"x"), 1), OutputError,
          "--out '/tmp/liplax-rejected-inputs/file': exists and is not a folder"),
-    Case("train.load_run", "a folder without checkpoints",
-         lambda: train.load_run("/nonexistent/run"), CheckpointError,
+    Case("training.load_run", "a folder without checkpoints",
+         lambda: training.load_run("/nonexistent/run"), CheckpointError,
          "'/nonexistent/run': not a liplax run folder (expected a 'checkpoints' folder inside)"),
     Case("certify.local_norm_ascent", "starts of rank 1",
          lambda: certify.local_norm_ascent(lambda x: x, np.ones(3, np.float32)), ValueError,

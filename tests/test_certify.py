@@ -219,6 +219,39 @@ def test_tightness_of_a_plain_callable_needs_its_upper_bound():
         tightness(linear, XS, key=jax.random.key(1))
 
 
+def test_tightness_ratio_is_one_definition_with_its_edge_cases():
+    from liplax.certify import tightness_ratio
+
+    got = np.asarray(tightness_ratio(jnp.array([3.0, 2.0, 0.0, np.nan, 1.0, 5.0]),
+                                     jnp.array([1.5, 0.0, 0.0, 1.0, np.nan, 5.0])))
+    # found nothing (lower 0): inf; constant map (0 / 0): the bound is exact, ratio 1; nan stays
+    np.testing.assert_array_equal(got, [2.0, np.inf, 1.0, np.nan, np.nan, 1.0])
+    assert float(tightness_ratio(6, 4)) == 1.5
+
+
+def test_model_sweep_tightness_of_a_constant_model_is_one_not_nan():
+    """A zero network has upper = lower = 0: its bound is exact. model_sweep divided directly
+    (0/0 = nan) where the training evaluation said inf; both now use certify.tightness_ratio."""
+    from flax import nnx
+
+    from liplax import nn
+    from liplax.certify import tightness_ratio
+    from liplax.sweep import model_sweep
+
+    models = []
+    for s in range(2):
+        m = nn.Sequential(nn.Dense(5, 3, rngs=nnx.Rngs(s)))
+        m.layers[0].kernel[...] = jnp.zeros((5, 3)) if s == 0 else m.layers[0].kernel[...]
+        models.append(m)
+    out = model_sweep(models, (5,), xs=XS, lower_steps=3)
+    np.testing.assert_array_equal(
+        np.asarray(out["tightness"]),
+        np.asarray(tightness_ratio(out["trivial"].value, out["lower"].value)),
+    )
+    assert float(out["tightness"][0]) == 1.0
+    assert float(out["tightness"][1]) >= 1 - 1e-5
+
+
 def test_tightness_prints_numbers_not_witness_arrays():
     t = tightness(linear, XS, 2.0 * np.linalg.norm(A, 2), key=jax.random.key(1), steps=5,
                   restarts=2)

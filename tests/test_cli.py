@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liplax import cli, data, train
+from liplax import cli, training
 from liplax.guarantee import product_margin
+from liplax.training import data
 from tests.train_helpers import TINY
 
 TRAIN = ["train", "--config", "default", "--seed", "1", "--set", *TINY]
@@ -80,10 +81,10 @@ def test_certify_agrees_with_the_report(run_dir, capsys):
 
 
 def test_load_run_restores_the_trained_parameters(run_dir):
-    run, meta = train.load_run(run_dir)
+    run, meta = training.load_run(run_dir)
     assert meta["step"] == 40 and int(run.state.step) == 40
-    run20, _ = train.load_run(run_dir, step=20)
-    a, b = train.state_to_flat(run.state), train.state_to_flat(run20.state)
+    run20, _ = training.load_run(run_dir, step=20)
+    a, b = training.state_to_flat(run.state), training.state_to_flat(run20.state)
     assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 

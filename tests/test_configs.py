@@ -7,8 +7,9 @@ import math
 import pytest
 from flax import nnx
 
-from liplax import bounds, configs
-from liplax.configs import CONFIGS, Config, build_model, get_config, with_overrides
+from liplax import bounds
+from liplax.training.config import CONFIGS, MODELS, Config, get_config, with_overrides
+from liplax.training.models import build_model
 
 
 def test_overrides_are_typed():
@@ -42,7 +43,7 @@ def test_json_round_trip(name):
         Config.from_dict({**c.to_dict(), "extra": 1})
 
 
-@pytest.mark.parametrize("model", configs.MODELS)
+@pytest.mark.parametrize("model", MODELS)
 def test_every_model_builds_runs_and_has_a_certified_bound(model):
     c = get_config("default", [f"model={model}", "widths=8,8"] if model != "cnn"
                    else ["model=cnn", "widths=4,4"])

@@ -1,4 +1,4 @@
-"""liplax.data: the IDX format, dataset loaders and seeded batching."""
+"""liplax.training.data: the IDX format, dataset loaders and seeded batching."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liplax import data
+from liplax.training import data
 
 IDX_CODES = {
     np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,

@@ -1,4 +1,4 @@
-"""liplax.losses against float64 NumPy formulas written out per example."""
+"""liplax.training.losses against float64 NumPy formulas written out per example."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liplax import losses
+from liplax.training import losses
 
 # ----------------------------------------------------------------------------- NumPy references
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liplax import cli, configs
+from liplax import cli, training
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -163,7 +163,7 @@ def test_command_lines_parse_and_replay_in_order(tmp_path):
     for argv in liplax_lines:
         args = parser.parse_args(argv[1:])
         if args.command == "train":
-            config = configs.get_config(args.config, list(args.set or []))
+            config = training.get_config(args.config, list(args.set or []))
             out = args.out or f"runs/{config.name}"
             assert args.resume or out not in written, f"{shlex.join(argv)}: {out} already used"
             assert not args.resume or out in written, f"{shlex.join(argv)}: nothing to resume"

@@ -10,7 +10,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from liplax.report import plot_history  # noqa: E402
+from liplax.training.outputs import plot_history  # noqa: E402
 
 
 def _history() -> list[dict]:

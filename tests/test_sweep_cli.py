@@ -1,4 +1,4 @@
-"""``liplax sweep`` (liplax.sweep_cli): the table's values are the operators' values and the truth.
+"""``liplax sweep`` (liplax.cli.sweep): the table's values are the operators' values and the truth.
 
 Each test builds ``argparse`` with subparsers as ``liplax.cli`` will, calls ``add_parser``, parses
 and runs. Values are compared with ``liplax.conv``/``liplax.linalg`` called directly and with the
@@ -18,7 +18,8 @@ import pytest
 from flax import nnx
 
 import liplax.nn as ln
-from liplax import conv, linalg, sweep_cli
+from liplax import conv, linalg
+from liplax.cli import sweep as sweep_cli
 from tests import reference as ref
 from tests._helpers import assert_upper
 

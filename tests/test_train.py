@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from liplax import checkpoint, data, train
-from liplax.checkpoint import CheckpointError, OutputError
+from liplax import training
 from liplax.guarantee import product_margin
+from liplax.training import checkpoint, data
+from liplax.training.checkpoint import CheckpointError, OutputError
 from tests.train_helpers import assert_same_state, final_state, same_metrics, tiny_config
 
 
@@ -27,13 +28,13 @@ def digits():
 def finished(tmp_path_factory, digits):
     """One uninterrupted tiny run: (folder, report)."""
     out = tmp_path_factory.mktemp("run") / "a"
-    report = train.train(tiny_config(), out, dataset=digits, quiet=True)
+    report = training.train(tiny_config(), out, dataset=digits, quiet=True)
     return out, report
 
 
 def test_report_has_the_issue_keys_and_consistent_values(finished):
     out, report = finished
-    for key in train.REPORT_KEYS:
+    for key in training.REPORT_KEYS:
         assert key in report, key
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert report["upper_kind"] in ("exact", "upper")
@@ -53,7 +54,7 @@ def test_reported_bound_is_the_product_of_float64_weight_norms(finished):
     # sin_mlp = Flatten, SinusoidalDense (Lip = ‖W1‖₂ exactly), Dense (‖W2‖₂): the certified
     # bound must not be below the float64 product and only above it by rounding margins.
     out, report = finished
-    run, _ = train.load_run(out)
+    run, _ = training.load_run(out)
     params = nnx.to_pure_dict(run.state.params)["layers"]
     w1 = np.asarray(params[1]["kernel"], np.float64)
     w2 = np.asarray(params[2]["kernel"], np.float64)
@@ -70,8 +71,8 @@ def test_reported_bound_is_the_product_of_float64_weight_norms(finished):
 def test_certified_accuracy_matches_the_margin_rule(finished, digits):
     # Independent float64 check: certified at ε iff margin > √2·L·ε (ℓ2, global head).
     out, report = finished
-    run, _ = train.load_run(out)
-    logits = np.asarray(train.eval_model(run)(jnp.asarray(digits.x_test)), np.float64)
+    run, _ = training.load_run(out)
+    logits = np.asarray(training.eval_model(run)(jnp.asarray(digits.x_test)), np.float64)
     y = digits.y_test
     true = logits[np.arange(len(y)), y]
     other = np.where(np.eye(logits.shape[1], dtype=bool)[y], -np.inf, logits).max(1)
@@ -86,8 +87,8 @@ def test_lower_bound_is_attained_not_above_the_truth(finished):
     # The lower bound is a local Jacobian norm somewhere: never above the certified upper bound,
     # and at least the exact local norm at the origin (one of its starting points).
     out, report = finished
-    run, _ = train.load_run(out)
-    model = train.eval_model(run)
+    run, _ = training.load_run(out)
+    model = training.eval_model(run)
     x0 = jnp.zeros((1, *run.input_shape))
     jac = jax.jacrev(lambda x: model(x)[0])(x0).reshape(10, -1)
     at_origin = float(np.linalg.norm(np.asarray(jac, np.float64), 2))
@@ -97,10 +98,10 @@ def test_lower_bound_is_attained_not_above_the_truth(finished):
 def test_resumed_run_reaches_the_same_parameters_and_metrics(tmp_path, finished, digits):
     out_a, report_a = finished
     out = tmp_path / "b"
-    partial = train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=20)
+    partial = training.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=20)
     assert partial == {"steps": 20, "stopped": True}
     assert checkpoint.CheckpointStore(out).steps() == [10, 20]
-    report_b = train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+    report_b = training.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
     assert_same_state(final_state(out), final_state(out_a))
     same_metrics(report_a, report_b)
     # the metric history is whole: one line per chunk, no duplicates from the restart
@@ -110,14 +111,14 @@ def test_resumed_run_reaches_the_same_parameters_and_metrics(tmp_path, finished,
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, finished, digits):
     out_a, report_a = finished
     out = tmp_path / "c"
-    train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=30)
+    training.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=30)
     state_dir = out / "checkpoints" / "30" / "state"
     files = [f for f in state_dir.rglob("*") if f.is_file() and f.stat().st_size > 0]
     assert files
     for f in files:  # truncate every data file of the newest checkpoint
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     with pytest.warns(UserWarning, match=r"checkpoints/30'? is unreadable.*falling back"):
-        report = train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+        report = training.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
     moved = list((out / "corrupt").iterdir())
     assert len(moved) == 1 and moved[0].name.startswith("30-")  # kept, not deleted
     assert_same_state(final_state(out), final_state(out_a))
@@ -126,25 +127,25 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, finished, d
 
 def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path, digits):
     out = tmp_path / "d"
-    train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=10)
+    training.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=10)
     shutil.rmtree(out / "checkpoints" / "10" / "state")
     (out / "checkpoints" / "10" / "state").mkdir()
     with pytest.raises(CheckpointError, match="no readable checkpoint"), pytest.warns(
         UserWarning, match="checkpoints/10'? is unreadable"
     ):
-        train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+        training.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
 
 
 def test_existing_run_is_not_overwritten_without_resume(finished, digits):
     out, _ = finished
     with pytest.raises(FileExistsError, match="--resume"):
-        train.train(tiny_config(), out, dataset=digits, quiet=True)
+        training.train(tiny_config(), out, dataset=digits, quiet=True)
 
 
 def test_resume_with_another_config_is_refused(finished, digits):
     out, _ = finished
     with pytest.raises(ValueError, match="different config.*learning_rate"):
-        train.train(tiny_config("learning_rate=0.01"), out, dataset=digits, quiet=True,
+        training.train(tiny_config("learning_rate=0.01"), out, dataset=digits, quiet=True,
                     resume=True)
 
 
@@ -152,9 +153,9 @@ def test_unusable_output_folder_fails_before_training(tmp_path, digits, monkeypa
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OutputError, match="--out"):
-        train.train(tiny_config(), blocker, dataset=digits, quiet=True)
+        training.train(tiny_config(), blocker, dataset=digits, quiet=True)
     with pytest.raises(OutputError, match="--out"):
-        train.train(tiny_config(), blocker / "sub", dataset=digits, quiet=True)
+        training.train(tiny_config(), blocker / "sub", dataset=digits, quiet=True)
 
     class Full:
         free = 1024
@@ -162,16 +163,17 @@ def test_unusable_output_folder_fails_before_training(tmp_path, digits, monkeypa
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: Full())
     out = tmp_path / "full"
     with pytest.raises(OutputError, match="MiB free"):
-        train.train(tiny_config(), out, dataset=digits, quiet=True)
+        training.train(tiny_config(), out, dataset=digits, quiet=True)
     assert not (out / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("start,num_steps", [(0, 5), (7, 30), (19, 3), (40, 1)])
 def test_chunk_batches_are_the_documented_data_order(start, num_steps):
     # The loop draws each chunk's epoch permutations once; row t must be exactly
-    # liplax.data.batch_indices(key, n, bs, start + t), the data order a checkpoint restores.
+    # liplax.training.data.batch_indices(key, n, bs, start + t), the data order a checkpoint
+    # restores.
     key, n, bs = jax.random.key(3), 103, 10  # 10 steps per epoch: chunks straddle epochs
-    got = np.asarray(jax.jit(train.chunk_batch_indices, static_argnums=(1, 2, 4))(
+    got = np.asarray(jax.jit(training.chunk_batch_indices, static_argnums=(1, 2, 4))(
         key, n, bs, jnp.int32(start), num_steps))
     want = np.stack([np.asarray(data.batch_indices(key, n, bs, start + t))
                      for t in range(num_steps)])
@@ -181,7 +183,7 @@ def test_chunk_batches_are_the_documented_data_order(start, num_steps):
 def test_divergence_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, digits):
     out = tmp_path / "nan"
     with pytest.raises(FloatingPointError, match=r"diverged in steps \d+-\d+.*last checkpoint is"):
-        train.train(tiny_config("learning_rate=1e30", "loss=hinge"), out, dataset=digits,
+        training.train(tiny_config("learning_rate=1e30", "loss=hinge"), out, dataset=digits,
                     quiet=True)
     assert not (out / "report.json").exists()
 
@@ -190,10 +192,10 @@ def test_interrupted_write_leaves_no_step_behind(tmp_path, finished, digits):
     # A save killed mid-write leaves orbax's temporary folder; it is never taken for a checkpoint.
     out_a, _ = finished
     out = tmp_path / "tmp"
-    train.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=10)
+    training.train(tiny_config(), out, dataset=digits, quiet=True, stop_after=10)
     shutil.copytree(out / "checkpoints" / "10", out / "checkpoints" / "20.orbax-checkpoint-tmp-1")
     assert checkpoint.CheckpointStore(out).steps() == [10]
-    train.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
+    training.train(tiny_config(), out, dataset=digits, quiet=True, resume=True)
     assert_same_state(final_state(out), final_state(out_a))
 
 
@@ -203,10 +205,10 @@ def test_grouped_penalty_trains_the_same_parameters(digits):
     states = []
     for grouped in (False, True):
         config = tiny_config("model=cnn", "widths=4,4", f"grouped={grouped}")
-        run = train.init_run(config, digits.input_shape, 10)
-        chunk = train._make_chunk(run, len(digits.y_train), None)
+        run = training.init_run(config, digits.input_shape, 10)
+        chunk = training.step.make_chunk(run, len(digits.y_train), None)
         state, metrics = chunk(run.state, jnp.asarray(digits.x_train),
                                jnp.asarray(digits.y_train), 5)
         assert math.isfinite(metrics["penalty"])
-        states.append(train.state_to_flat(state))
+        states.append(training.state_to_flat(state))
     assert_same_state(*states, rtol=1e-5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from liplax import configs, train
+from liplax import training
 
 # A run of a few seconds of compute on digits: 2 evaluations, 4 checkpoints.
 TINY = [
@@ -15,14 +15,14 @@ TINY = [
 ]
 
 
-def tiny_config(*extra: str) -> configs.Config:
-    return configs.get_config("default", [*TINY, *extra])
+def tiny_config(*extra: str) -> training.Config:
+    return training.get_config("default", [*TINY, *extra])
 
 
 def final_state(folder) -> dict[str, np.ndarray]:
     """The newest checkpoint of a run folder as ``{leaf name: array}``."""
-    run, _ = train.load_run(folder)
-    return train.state_to_flat(run.state)
+    run, _ = training.load_run(folder)
+    return training.state_to_flat(run.state)
 
 
 def assert_same_state(a: dict, b: dict, *, rtol: float = 0.0) -> None:

@@ -1,30 +1,35 @@
 r"""The training loop: optax over NNX models, the trivial-bound penalty, evaluation, checkpoints.
 
-:func:`train` runs one configuration (:class:`liplax.configs.Config`) end to end:
+:func:`train` runs one configuration (:class:`liplax.training.config.Config`) end to end:
 
 1. **Objective.** Each step minimizes ``loss(f(x), y) + λ(t)·penalty(f)`` where ``loss`` is a
-   margin loss of :mod:`liplax.losses` and ``penalty`` the trivial-bound penalty
+   margin loss of :mod:`liplax.training.losses` and ``penalty`` the trivial-bound penalty
    (:func:`liplax.bounds.trivial_bound_penalty`, fast path: one warm power-iteration step per layer
    and step, state moved in training mode), with λ ramped linearly from 0 over ``penalty_warmup``
    steps. The optimizer is optax (adam or sgd, warm-up + cosine decay).
-2. **Steps in chunks.** ``log_every`` steps run inside one jitted ``lax.scan``; batches are drawn on
-   device by :func:`liplax.data.batch_indices`, a pure function of (seed, step). The data order
+2. **Steps in chunks** (:mod:`liplax.training.step`). ``log_every`` steps run inside one jitted
+   ``lax.scan``; batches are drawn on device by :func:`liplax.training.data.batch_indices`, a
+   pure function of (seed, step). The data order
    is therefore part of the state that a checkpoint restores, and a resumed run replays exactly
    the computation of an uninterrupted one.
 3. **Data parallel.** With several local devices the batch is sharded over a ``"data"`` mesh axis
    and the state replicated (``NamedSharding``); XLA's SPMD partitioner inserts the gradient
    all-reduce. The same code runs on one device.
-4. **Evaluation** (every ``eval_every`` steps and at the end, never moving any state): clean
-   accuracy, the certified trivial bound (``upper``: product of sound layer bounds), the best
-   empirical lower bound (exact local Jacobian norms at the origin and data points, and gradient
-   ascent :func:`liplax.certify.lipschitz_lower_bound`), their ratio (tightness) and certified
-   accuracy at each ε.
-5. **Checkpoints** (:mod:`liplax.checkpoint`) every ``checkpoint_every`` steps and at the end:
-   parameters, power-iteration and optimizer state, step, PRNG key, metric history. ``resume=True``
-   continues from the newest readable checkpoint and reaches the same final parameters as an
-   uninterrupted run with the same seed.
+4. **Evaluation** (:mod:`liplax.training.evaluation`; every ``eval_every`` steps and at the end,
+   never moving any state): clean accuracy, the certified trivial bound (``upper``: product of
+   sound layer bounds), the best empirical lower bound (exact local Jacobian norms at the origin
+   and data points, and gradient ascent :func:`liplax.certify.lipschitz_lower_bound`), their
+   ratio (tightness) and certified accuracy at each ε.
+5. **Checkpoints** (:mod:`liplax.training.checkpoint`) every ``checkpoint_every`` steps and at
+   the end: parameters, power-iteration and optimizer state, step, PRNG key, metric history.
+   ``resume=True`` continues from the newest readable checkpoint and reaches the same final
+   parameters as an uninterrupted run with the same seed.
 
-Outputs in ``out_dir``: ``report.json``, ``training.png``, ``metrics.jsonl``, ``checkpoints/``.
+Outputs in ``out_dir`` (:mod:`liplax.training.outputs`): ``report.json``, ``training.png``,
+``metrics.jsonl``, ``checkpoints/``.
+
+:func:`fit` is the small loop of the experiments: Adam on any ``loss_fn(model, key, data)`` of an
+NNX model, all steps in one ``nnx.scan``.
 """
 
 from __future__ import annotations
@@ -36,130 +41,41 @@ import math
 import os
 import sys
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import liplax
-from liplax import bounds, data
-from liplax.checkpoint import (
+from liplax.training import data
+from liplax.training.checkpoint import (
     CheckpointStore,
     atomic_write_text,
     check_output_dir,
+    flat_to_state,
+    state_to_flat,
     tree_bytes,
 )
-from liplax.configs import Config
-from liplax.evaluation import Progress, Stages, layer_gains, make_evaluator
-from liplax.runstate import (  # re-exported: liplax.train is where users and tests look
-    Run,
-    TrainState,
-    eval_model,
-    flat_to_state,
-    init_run,
-    load_run,
-    loss_function,
-    make_optimizer,
-    penalty_weight,
-    state_to_flat,
+from liplax.training.config import Config
+from liplax.training.evaluation import make_evaluator
+from liplax.training.outputs import (
+    Progress,
+    Stages,
+    finished_report,
+    layer_rows,
+    plot_history,
+    run_meta,
+    run_report,
 )
+from liplax.training.state import eval_model, init_run
+from liplax.training.step import make_chunk
 
-PyTree = Any
-
-REPORT_KEYS = (
-    "lipschitz_upper", "lipschitz_lower", "tightness", "clean_accuracy", "certified_accuracy",
-    "p", "dataset", "config", "steps", "seconds",
-)
-
-
-# ----------------------------------------------------------------------------- the step
-
-
-def _make_chunk(run: Run, n_train: int, mesh: Mesh | None):
-    """jit(state, x_all, y_all, num_steps) → (state, metrics summed over the chunk)."""
-    config, graphdef, tx = run.config, run.graphdef, run.tx
-    loss_fn = loss_function(config)
-    shape = run.input_shape
-    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
-
-    def one_step(state: TrainState, x_all, y_all, idx):
-        x, y = x_all[idx], y_all[idx]
-        if batch_sharding is not None:
-            x = jax.lax.with_sharding_constraint(x, batch_sharding)
-            y = jax.lax.with_sharding_constraint(y, batch_sharding)
-        lam = penalty_weight(config, state.step)
-
-        def objective(params):
-            # Fresh Variable objects at this trace level, so the penalty may move the state.
-            model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, state.rest))
-            logits = model(x)
-            data_loss = loss_fn(logits, y)
-            if config.penalty == "none":
-                pen = jnp.zeros((), jnp.float32)
-            else:
-                target = config.penalty_target if config.penalty == "hinge" else None
-                pen = bounds.trivial_bound_penalty(
-                    model, shape, p=config.p, kind=config.penalty, target=target,
-                    grouped=config.grouped,
-                )
-            rest = nnx.split(model, nnx.Param, ...)[2]
-            acc = jnp.mean(jnp.argmax(logits, -1) == y)
-            return data_loss + lam * pen, (data_loss, pen, acc, rest)
-
-        (total, (data_loss, pen, acc, rest)), grads = jax.value_and_grad(
-            objective, has_aux=True
-        )(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new = TrainState(state.step + 1, params, rest, opt_state, state.key)
-        metrics = {"loss": data_loss, "penalty": pen, "objective": total, "train_accuracy": acc}
-        return new, metrics
-
-    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
-    def chunk(state, x_all, y_all, num_steps: int):
-        data_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)
-        batches = chunk_batch_indices(data_key, n_train, config.batch_size, state.step, num_steps)
-
-        def body(st, idx):
-            return one_step(st, x_all, y_all, idx)
-
-        state, ms = jax.lax.scan(body, state, batches)
-        return state, jax.tree.map(jnp.mean, ms)
-
-    return chunk
-
-
-def chunk_batch_indices(
-    key: jax.Array, n: int, batch_size: int, start: jax.Array, num_steps: int
-) -> jax.Array:
-    """``(num_steps, batch_size)`` indices: row t is ``data.batch_indices(key, n, bs, start+t)``.
-
-    The epoch permutations the chunk touches (at most num_steps // S + 2 of them, S the steps
-    per epoch: a static count) are drawn once, not once per step: a permutation sorts n keys,
-    which at n = 60000 costs more than a small model's training step.
-    """
-    spe = data.steps_per_epoch(n, batch_size)
-    first_epoch = start // spe
-    epochs = first_epoch + jnp.arange(num_steps // spe + 2)
-    perms = jax.vmap(lambda e: data.epoch_permutation(key, n, e))(epochs)
-    steps = start + jnp.arange(num_steps)
-    cols = (steps % spe)[:, None] * batch_size + jnp.arange(batch_size)
-    return perms.reshape(-1)[(steps // spe - first_epoch)[:, None] * n + cols]
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-# make_evaluator, the progress bar and the per-layer gains live in liplax.evaluation.
-
-
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the driver
 
 
 def _mesh(devices: int | None, batch_size: int) -> Mesh | None:
@@ -177,40 +93,6 @@ def _mesh(devices: int | None, batch_size: int) -> Mesh | None:
     return jax.make_mesh(
         (n,), ("data",), axis_types=(AxisType.Auto,), devices=jax.local_devices()[:n]
     )
-
-
-def _meta(config: Config, history: list[dict], step: int, dataset: data.Dataset,
-          elapsed: float) -> dict:
-    return {
-        "format": 1,
-        "elapsed_seconds": round(elapsed, 3),
-        "liplax_version": liplax.__version__,
-        "config": config.to_dict(),
-        "step": int(step),
-        "history": history,
-        "dataset": {"name": dataset.name, "n_train": int(len(dataset.y_train)),
-                    "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes},
-        "data_order": "liplax.data.batch_indices(fold_in(key(seed), 1), n_train, batch_size, step)",
-    }
-
-
-def _report(run: Run, final: dict, history: list[dict], dataset: data.Dataset, seconds: float,
-            steps_done: int) -> dict:
-    c = run.config
-    return {
-        **{k: final[k] for k in ("lipschitz_upper", "lipschitz_lower", "tightness",
-                                 "clean_accuracy", "certified_accuracy")},
-        "upper_kind": final["upper_kind"],
-        "p": "inf" if c.p == math.inf else c.p,
-        "dataset": dataset.name,
-        "config": c.to_dict(),
-        "steps": int(steps_done),
-        "seconds": round(seconds, 3),
-        "devices": final.get("devices", 1),
-        "layer_bounds": final.get("layer_bounds", []),
-        "history": history,
-        "liplax_version": liplax.__version__,
-    }
 
 
 def _check_finite(metrics: dict, step: int, n: int, store: CheckpointStore, out: Path) -> None:
@@ -241,7 +123,7 @@ def train(
     Args:
       config: the run's configuration.
       out_dir: output folder (checked writable with room to spare before anything starts).
-      dataset: the data (default: ``liplax.data.load(config.dataset, data_dir)``).
+      dataset: the data (default: ``liplax.training.data.load(config.dataset, data_dir)``).
       resume: continue from the newest readable checkpoint in ``out_dir``. Without it, a folder
         that already holds checkpoints is refused (nothing is overwritten). A finished run
         (its last checkpoint at ``config.steps`` and its ``report.json`` written) is returned
@@ -251,9 +133,9 @@ def train(
       stop_after: stop (after checkpointing) once this many steps are done, without the final
         evaluation: for tests of resumption; ``None`` runs to ``config.steps``.
     Returns:
-      the report dict (keys :data:`REPORT_KEYS` and more). ``seconds`` is the wall time of the
-      whole run, summed over the sessions of a resumed run (each checkpoint records the time so
-      far); ``train_seconds`` the time spent in training steps alone.
+      the report dict (keys :data:`liplax.training.outputs.REPORT_KEYS` and more). ``seconds``
+      is the wall time of the whole run, summed over the sessions of a resumed run (each
+      checkpoint records the time so far); ``train_seconds`` the time spent in training steps.
     """
     t_start = time.perf_counter()
     earlier = 0.0  # wall seconds of the sessions before a resume, up to their last checkpoint
@@ -292,7 +174,7 @@ def train(
             state = flat_to_state(flat, state)
             history = [h for h in meta["history"] if h["step"] <= step0]
             earlier = float(meta.get("elapsed_seconds", 0.0))
-            finished = _finished_report(out, step0, config)
+            finished = finished_report(out, step0, config)
             if finished is not None:
                 store.close()
                 if not quiet:
@@ -307,7 +189,7 @@ def train(
     if mesh is not None:
         replicated = NamedSharding(mesh, P())
         state, x_train, y_train = jax.device_put((state, x_train, y_train), replicated)
-    chunk = _make_chunk(run, len(dataset.y_train), mesh)
+    chunk = make_chunk(run, len(dataset.y_train), mesh)
     evaluate = make_evaluator(run)
     x_test = jnp.asarray(dataset.x_test)
     y_test = jnp.asarray(dataset.y_test, jnp.int32)
@@ -316,7 +198,7 @@ def train(
 
     step = int(state.step)
     last = config.steps if stop_after is None else min(config.steps, int(stop_after))
-    bar = Progress(config.steps, step, quiet, desc=config.name)
+    bar = Progress(config.steps, initial=step, quiet=quiet, desc=config.name)
     last_cert: dict[str, str] = {}
     train_seconds = sum(h.get("chunk_seconds", 0.0) for h in history)
     try:
@@ -348,7 +230,7 @@ def train(
             if step % config.checkpoint_every == 0 or step == last:
                 elapsed = earlier + time.perf_counter() - t_start
                 store.save(step, state_to_flat(state),
-                           _meta(config, history, step, dataset, elapsed))
+                           run_meta(config, history, step, dataset, elapsed))
     finally:
         bar.close()
     if step < config.steps:  # stopped early on request
@@ -362,51 +244,70 @@ def train(
     _check_finite(final, step - 1, 1, store, out)
     model = eval_model(run, state)
     with stage("per-layer bounds and gains"):
-        final["layer_bounds"] = _layer_rows(model, run.input_shape, config.p, witness)
+        final["layer_bounds"] = layer_rows(model, run.input_shape, config.p, witness)
     final["devices"] = 1 if mesh is None else mesh.size
     history_final = {"step": config.steps, "final": True, **{k: v for k, v in final.items()
                                                              if k != "layer_bounds"}}
     history = [h for h in history if not h.get("final")] + [history_final]
-    report = _report(run, final, history, dataset, earlier + time.perf_counter() - t_start, step)
+    report = run_report(run, final, history, dataset, earlier + time.perf_counter() - t_start, step)
     report["train_seconds"] = round(train_seconds, 3)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     store.close()
-    try:
-        from liplax.report import plot_history
-
-        with stage("training.png"):
-            plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}",
-                         layers=report["layer_bounds"])
-    except ImportError as e:  # matplotlib missing: the report stands without its plot
-        warnings.warn(f"no training plot: {e}", stacklevel=2)
+    with stage("training.png"):
+        plot_history(history, out / "training.png", title=f"{config.name} on {dataset.name}",
+                     layers=report["layer_bounds"])
     return report
 
 
-def _layer_rows(model, input_shape, p: float, witness) -> list[dict]:
-    """Each top-level layer's certified bound and its gain attained along the lower bound's
-    witness direction (:func:`liplax.evaluation.layer_gains`)."""
-    rows = bounds.layer_bounds(model, input_shape, p=p)
-    gains = layer_gains(model, witness, p=p)
-    return [
-        {"layer": name, "value": float(b.value), "kind": b.kind, "attained_gain": g}
-        for (name, b), g in zip(rows, gains, strict=True)
-    ]
+# ----------------------------------------------------------------------------- the small loop
 
 
-def _finished_report(out: Path, step: int, config: Config) -> dict | None:
-    """The report of a finished run in ``out`` (last checkpoint at ``config.steps`` and a
-    readable ``report.json`` of that many steps), else ``None``."""
-    if step != config.steps:
-        return None
-    try:
-        report = json.loads((out / "report.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return report if report.get("steps") == config.steps else None
+@functools.cache
+def _adam(lr: float) -> optax.GradientTransformation:
+    return optax.adam(lr)  # one object per rate: equal optimizers, one compilation
 
 
-__all__ = [
-    "REPORT_KEYS", "Run", "TrainState", "chunk_batch_indices", "eval_model", "flat_to_state",
-    "init_run", "load_run", "loss_function", "make_optimizer", "penalty_weight",
-    "state_to_flat", "train",
-]
+@functools.cache
+def _fit_loop(loss_fn: Callable):
+    @nnx.jit
+    def loop(model, opt, keys, batch):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+        def step(carry, k):
+            model, opt = carry
+            loss, grads = nnx.value_and_grad(loss_fn)(model, k, batch)
+            opt.update(model, grads)
+            return (model, opt), loss
+
+        return step((model, opt), keys)[1]
+
+    return loop
+
+
+def fit(model: nnx.Module, loss_fn: Callable, batch, *, steps: int, lr: float,
+        key: jax.Array) -> np.ndarray:
+    """Adam on ``loss_fn(model, key, batch)`` for ``steps`` steps in one ``nnx.scan``.
+
+    A fresh key per step (for losses that sample their batch); ``batch`` is any pytree of arrays
+    (a jit argument, so runs that differ only in ``batch`` share one compilation, as long as
+    ``loss_fn`` is the same function object). The model's parameters and any power-iteration
+    state are updated in place; the model is left in eval mode. Returns every step's loss.
+    """
+    model.train()
+    opt = nnx.Optimizer(model, _adam(float(lr)), wrt=nnx.Param)
+    losses = _fit_loop(loss_fn)(model, opt, jax.random.split(key, steps), batch)
+    model.eval()
+    return np.asarray(losses)
+
+
+def settle_power_iterations(model: nnx.Module, x: jax.Array, passes: int = 200) -> None:
+    """Run ``passes`` training-mode forward passes (no parameter update) so the warm
+    power-iteration vectors of spectrally normalized layers converge for the final weights;
+    then switch the model to eval mode. Only spectrally normalized layers need it."""
+    model.train()
+    step = nnx.jit(lambda model, x: model(x))
+    for _ in range(passes):
+        step(model, x)
+    model.eval()
+
+
+__all__ = ["fit", "settle_power_iterations", "train"]

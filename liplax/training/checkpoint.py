@@ -12,11 +12,17 @@ against the expected shapes, dtypes and finiteness; a step that fails (truncated
 files, wrong structure) is reported by name, moved aside into ``corrupt/`` (never deleted:
 nothing already saved is lost) and the previous step is tried. Only when no step can be read does
 it raise :class:`CheckpointError`.
+
+:func:`state_to_flat`/:func:`flat_to_state` give a :class:`~liplax.training.state.TrainState` the
+plain ``{ordered name: array}`` form a checkpoint stores; :func:`load_run` rebuilds a trained run
+from its folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -25,8 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from liplax.training.config import Config
+from liplax.training.state import Run, TrainState, init_run
 
 PyTree = Any
 
@@ -206,3 +216,78 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
+
+
+# ----------------------------------------------------------------------------- a run's state
+
+
+def _leafname(i: int, path) -> str:
+    return f"{i:04d}_" + re.sub(r"[^A-Za-z0-9]+", "_", jax.tree_util.keystr(path)).strip("_")
+
+
+def state_to_flat(state: TrainState) -> dict[str, np.ndarray]:
+    """The state as ``{ordered name: array}``, the form checkpoints store (plain folder names)."""
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    return {_leafname(i, path): np.asarray(x) for i, (path, x) in enumerate(leaves)}
+
+
+def flat_to_state(flat: dict, like: TrainState) -> TrainState:
+    """Inverse of :func:`state_to_flat` with ``like``'s structure."""
+    treedef = jax.tree.structure(like)
+    return jax.tree.unflatten(treedef, [jnp.asarray(flat[k]) for k in sorted(flat)])
+
+
+
+
+def load_run(path: str | os.PathLike, *, step: int | None = None) -> tuple[Run, dict]:
+    """Rebuild a trained model from a run folder (or its ``checkpoints/`` folder).
+
+    Returns ``(run, meta)`` where ``run.state`` holds the newest readable checkpoint (or
+    ``step``) and ``meta`` its JSON metadata (config, history, dataset description).
+    """
+    folder = Path(path)
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    elif folder.parent.name == "checkpoints" and folder.name.isdigit():
+        step = int(folder.name) if step is None else step
+        folder = folder.parent.parent
+    if not (folder / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"{str(path)!r}: not a liplax run folder (expected a 'checkpoints' folder inside)"
+        )
+    store = CheckpointStore(folder)
+    steps = store.steps()
+    if not steps:
+        raise CheckpointError(f"{str(folder / 'checkpoints')!r} holds no complete checkpoint")
+    # The config comes from the newest metadata; the state is then restored with its shapes.
+    meta_step = steps[-1] if step is None else step
+    meta = _read_meta(folder / "checkpoints" / str(meta_step))
+    config = Config.from_dict(meta["config"])
+    ds = meta["dataset"]
+    run = init_run(config, tuple(ds["input_shape"]), int(ds["num_classes"]))
+    like = state_to_flat(run.state)
+    if step is None:
+        found = store.restore_latest(like)
+        if found is None:
+            raise CheckpointError(f"{str(folder)!r} holds no readable checkpoint")
+        _, flat, meta = found
+    else:
+        if step not in steps:
+            raise CheckpointError(f"{str(folder)!r} has no checkpoint {step}; it has {steps}")
+        flat, meta = store.restore(step, like)
+    store.close()
+    return run._replace(state=flat_to_state(flat, run.state)), meta
+
+
+def _read_meta(step_dir: Path) -> dict:
+    path = step_dir / "meta" / "metadata"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r}: unreadable checkpoint metadata ({e})") from None
+
+
+__all__ = [
+    "CheckpointError", "CheckpointStore", "OutputError", "atomic_write_text", "check_output_dir",
+    "flat_to_state", "load_run", "state_to_flat", "tree_bytes",
+]

@@ -1,6 +1,6 @@
 """Reading the kernels ``liplax sweep`` sweeps: ``.npy``/``.npz`` files and orbax checkpoints.
 
-See :mod:`liplax.sweep_cli` for the formats; this module turns paths into :class:`Entry` stacks
+See :mod:`liplax.cli.sweep` for the formats; this module turns paths into :class:`Entry` stacks
 of one shape each, naming the file in every error (:class:`SweepInputError`).
 """
 

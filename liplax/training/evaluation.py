@@ -21,10 +21,6 @@ not reached along the witness direction.
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +38,7 @@ def eps_key(e: float) -> str:
 
 
 def make_evaluator(run):
-    """evaluate(state, x, y, key) → metrics for a :class:`liplax.train.Run` (see module doc).
+    """evaluate(state, x, y, key) → metrics of a :class:`~liplax.training.state.Run` (module doc).
 
     ``bounds_fn`` (trivial bound, lower bound and its witness) is jitted once; logits and
     certified radii are computed in fixed batches of :data:`EVAL_BATCH` (the last one padded,
@@ -100,7 +96,7 @@ def make_evaluator(run):
             "lipschitz_upper": up,
             "upper_kind": upper.kind,
             "lipschitz_lower": lo,
-            "tightness": up / lo if lo > 0 else math.inf,
+            "tightness": float(certify.tightness_ratio(up, lo)),
             # Certified at ε: radius > ε (margin > c·L·ε); the radius is 0 when misclassified.
             "certified_accuracy": {eps_key(e): float(np.mean(radius > e)) for e in config.eps},
             "_witness": witness,
@@ -151,42 +147,4 @@ def layer_gains(model, x: jax.Array, *, p: float = 2, power_steps: int = 30) -> 
     return [float(g) for g in gains]
 
 
-class Stages:
-    """One progress line per slow stage on stderr (``liplax: final evaluation: …``), or none."""
-
-    def __init__(self, quiet: bool, prefix: str = "final evaluation"):
-        self.quiet, self.prefix = quiet, prefix
-
-    @contextmanager
-    def __call__(self, what: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        if not self.quiet:
-            print(f"liplax: {self.prefix}: {what} …", file=sys.stderr, flush=True)
-        yield
-        if not self.quiet:
-            print(f"liplax: {self.prefix}: {what} done in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr, flush=True)
-
-
-class Progress:
-    """tqdm bar with live metrics, or nothing (quiet)."""
-
-    def __init__(self, total: int, initial: int, quiet: bool, desc: str):
-        self.bar = None
-        if not quiet:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
-                            dynamic_ncols=True, file=sys.stderr)
-
-    def update(self, n: int, postfix: dict) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-__all__ = ["EVAL_BATCH", "Progress", "Stages", "eps_key", "layer_gains", "make_evaluator"]
+__all__ = ["EVAL_BATCH", "eps_key", "layer_gains", "make_evaluator"]

@@ -1,4 +1,4 @@
-r"""Named training configurations and the models they build.
+r"""Named training configurations: the :class:`Config` record, its overrides and validation.
 
 A :class:`Config` is a flat, frozen record of everything a training run depends on (model, loss,
 penalty, optimizer, schedule, evaluation), so that a run is reproducible from its name, its
@@ -6,19 +6,7 @@ overrides and its seed, and a checkpoint can rebuild its model from the config i
 ``liplax train --config NAME --set key=value`` selects one of :data:`CONFIGS` and overrides fields
 (:func:`with_overrides` parses and type-checks the values).
 
-The architectures (:func:`build_model`) are the ones the experiments compare:
-
-- ``sin_mlp``: bias-free sinusoidal layers x ↦ (cos xW, sin xW) (:class:`liplax.nn.SinusoidalDense`)
-  and a final dense layer. Each sinusoidal layer's Jacobian has the singular values of W at
-  *every* x (JᵀJ = W diag(sin² + cos²) Wᵀ = WWᵀ), so its trivial factor ‖W‖₂ is attained
-  everywhere: the only looseness of the product bound is misalignment between layers, which the
-  trivial-bound penalty removes.
-- ``abs_mlp`` / ``crelu_mlp``: dense layers with the norm-saturating activations |z| and
-  (relu z, relu −z) (gradient norm preserving almost everywhere).
-- ``relu_mlp``: the usual ReLU network (with biases), the baseline.
-- ``groupsort_mlp``: Björck-orthonormalized layers with GroupSort (MaxMin): 1-Lipschitz by
-  construction (Anil et al., ICML 2019).
-- ``cnn``: a small convolutional network (circular convolutions, abs, average pooling).
+The architectures a config names are built by :func:`liplax.training.models.build_model`.
 
 References: Delattre et al., "Efficient bound of Lipschitz constant for convolutional layers by
 Gram iteration", ICML 2023 (penalizing the bound); Anil, Lucas & Grosse, "Sorting out Lipschitz
@@ -32,12 +20,8 @@ import math
 import types
 import typing
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # Flax and liplax.nn load on first build_model: the CLI parses without them
-    from flax import nnx
-
-    from liplax import nn as lnn
+# No JAX, Flax or liplax.nn here: the command line parses and checks a config without them.
 
 MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn")
 PENALTIES = ("none", "log", "product", "hinge")
@@ -54,8 +38,8 @@ class Config:
       model: one of :data:`MODELS`.
       widths: hidden widths (for ``cnn``: channels of the convolution blocks).
       p: the norm of the bound and the certificates: ``2`` or ``inf``.
-      loss, temperature, offset, margin, alpha: the data loss (see :mod:`liplax.losses`) and its
-        parameters (each loss uses the ones it needs).
+      loss, temperature, offset, margin, alpha: the data loss (see :mod:`liplax.training.losses`)
+        and its parameters (each loss uses the ones it needs).
       penalty: ``none`` or the trivial-bound penalty's kind (``log``, ``product``, ``hinge``).
       penalty_weight: λ in loss + λ·penalty; ``penalty_warmup``: steps of its linear ramp from 0.
       penalty_target: the hinge penalty's threshold.
@@ -218,13 +202,13 @@ def with_overrides(config: Config, overrides: Sequence[str]) -> Config:
 CONFIGS: dict[str, Config] = {
     # The default (make demo): digits, a bias-free sinusoidal MLP, log trivial-bound penalty.
     "default": Config(name="default"),
-    # Issue 5's floor: Fashion-MNIST MLP, tight trivial bound at ≥ 85% clean accuracy.
+    # Fashion-MNIST MLP: a tight trivial bound at ≥ 85% clean accuracy.
     "fashion-sin": Config(
         name="fashion-sin", dataset="fashion-mnist", widths=(256,), batch_size=256, steps=4000,
         learning_rate=2e-3, penalty_weight=0.1, eval_every=500, checkpoint_every=1000,
         eval_examples=2000, log_every=100,
     ),
-    # The same architecture without the penalty (for the comparison the issue asks for).
+    # The same architecture without the penalty (the comparison of the README's figure).
     "fashion-sin-nopen": Config(
         name="fashion-sin-nopen", dataset="fashion-mnist", widths=(256,), batch_size=256,
         steps=4000, learning_rate=2e-3, penalty="none", eval_every=500, checkpoint_every=1000,
@@ -249,60 +233,6 @@ def get_config(name: str, overrides: Sequence[str] = ()) -> Config:
     return with_overrides(CONFIGS[name], overrides)
 
 
-def build_model(
-    config: Config, input_shape: Sequence[int], num_classes: int, *, rngs: nnx.Rngs
-) -> lnn.Sequential:
-    """The model of ``config.model`` for one example of ``input_shape`` (H, W, C) and k classes.
-
-    All parameters are created here (nothing lazily); power-iteration state is sized from
-    ``input_shape``. The final layer is a bias-free :class:`liplax.nn.Dense` (biases do not change
-    the Lipschitz constant; the bias-free sinusoidal network is the one the penalty makes tight).
-    """
-    from liplax import nn as lnn
-
-    shape = tuple(int(s) for s in input_shape)
-    d = math.prod(shape)
-    w = config.widths
-    k = int(num_classes)
-    if config.model == "cnn":
-        if len(shape) != 3:
-            raise ValueError(f"build_model: cnn needs (H, W, C) inputs, got {shape}")
-        h, wd, c = shape
-        layers: list = []
-        for ch in w:
-            layers += [
-                lnn.Conv(c, ch, (3, 3), input_size=(h, wd), padding="CIRCULAR", rngs=rngs),
-                lnn.Abs(),
-                lnn.AvgPool((2, 2)),
-            ]
-            c, h, wd = ch, h // 2, wd // 2
-            if h < 1 or wd < 1:
-                raise ValueError(
-                    f"build_model: input {shape} too small for {len(w)} pooling blocks"
-                )
-        return lnn.Sequential(*layers, lnn.Flatten(), lnn.Dense(h * wd * c, k, rngs=rngs))
-    layers = [lnn.Flatten()]
-    fan_in = d
-    for width in w:
-        if config.model == "sin_mlp":
-            layers.append(lnn.SinusoidalDense(fan_in, width, rngs=rngs))
-            fan_in = 2 * width
-        elif config.model == "groupsort_mlp":
-            layers += [lnn.BjorckDense(fan_in, width, rngs=rngs), lnn.MaxMin()]
-            fan_in = width
-        else:
-            layers.append(lnn.Dense(fan_in, width, use_bias=True, rngs=rngs))
-            if config.model == "relu_mlp":
-                layers.append(lnn.ReLU())
-                fan_in = width
-            elif config.model == "abs_mlp":
-                layers.append(lnn.Abs())
-                fan_in = width
-            else:  # crelu_mlp
-                layers.append(lnn.CReLU())
-                fan_in = 2 * width
-    if config.model == "groupsort_mlp":
-        layers.append(lnn.BjorckDense(fan_in, k, rngs=rngs))
-    else:
-        layers.append(lnn.Dense(fan_in, k, rngs=rngs))
-    return lnn.Sequential(*layers)
+__all__ = [
+    "CONFIGS", "MODELS", "OPTIMIZERS", "PENALTIES", "Config", "get_config", "with_overrides",
+]

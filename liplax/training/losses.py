@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 
 import jax
@@ -36,14 +35,6 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def _concrete(x) -> np.ndarray | None:
-    """``x`` as a NumPy array when it has a value now, ``None`` while it is being traced."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def _check(logits, labels) -> tuple[jax.Array, jax.Array]:
@@ -66,26 +57,12 @@ def _check(logits, labels) -> tuple[jax.Array, jax.Array]:
             f"labels must have shape (batch,) = ({batch},) to match logits {logits.shape}, "
             f"got shape {labels.shape}"
         )
-    v = _concrete(labels)
+    v = _checks.concrete(labels)
     if v is not None and (v.min() < 0 or v.max() >= k):
         raise ValueError(
             f"labels must lie in [0, {k}) for {k} classes, got values in [{v.min()}, {v.max()}]"
         )
     return logits, labels
-
-
-def _scalar(value, name: str, *, positive: bool = False) -> float | jax.Array:
-    """A finite real scalar ≥ 0 (> 0 if ``positive``); traced values pass unchecked."""
-    v = _concrete(value)
-    if v is None:
-        return value
-    if v.shape != () or not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
-        raise ValueError(f"{name} must be a real scalar, got {value!r}")
-    x = float(v)
-    if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        expected = "> 0" if positive else "≥ 0"
-        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
-    return value
 
 
 def _true_and_rest(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -124,8 +101,8 @@ def offset_cross_entropy(
     NeurIPS 2022.
     """
     logits, labels = _check(logits, labels)
-    offset = _scalar(offset, "offset")
-    temperature = _scalar(temperature, "temperature", positive=True)
+    offset = _checks.real_scalar(offset, "offset")
+    temperature = _checks.real_scalar(temperature, "temperature", positive=True)
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     shifted = temperature * (logits - offset * onehot)
     per_example = optax.softmax_cross_entropy_with_integer_labels(shifted, labels)
@@ -142,7 +119,7 @@ def multiclass_hinge(logits: jax.Array, labels: jax.Array, *, margin: float = 1.
     CVPR 2021, §3.
     """
     logits, labels = _check(logits, labels)
-    margin = _scalar(margin, "margin")
+    margin = _checks.real_scalar(margin, "margin")
     z_true, _, others = _true_and_rest(logits, labels)
     gap = z_true - jnp.max(others, axis=-1)
     return jnp.mean(jax.nn.relu(margin - gap))
@@ -176,7 +153,7 @@ def hkr(
     Reference: Serrurier, Mamalet, González-Sanz, Boissin, Loubes, del Barrio, "Achieving
     robustness in classification using optimal transport with hinge regularization", CVPR 2021.
     """
-    alpha = _scalar(alpha, "alpha")
+    alpha = _checks.real_scalar(alpha, "alpha")
     return alpha * multiclass_hinge(logits, labels, margin=margin) - kr(logits, labels)
 
 

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from liplax import _checks
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 DATASETS = ("digits", "fashion-mnist", "mnist")
 
@@ -239,7 +241,7 @@ def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     The split is stratified and deterministic: within each class, ``round(test_fraction · n_c)``
     examples (at least one, leaving at least one for training) chosen by
     ``numpy.random.RandomState(seed)`` go to the test set; both sets are then shuffled by the same
-    generator. Needs scikit-learn (the ``experiments`` extra), imported here only.
+    generator. scikit-learn (a dependency) is imported here only.
     """
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not (
         0.0 < test_fraction < 1.0
@@ -247,12 +249,7 @@ def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
         raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as e:
-        raise ImportError(
-            "load_digits needs scikit-learn: pip install 'liplax[experiments]'"
-        ) from e
+    from sklearn.datasets import load_digits as sk_load_digits
     bunch = sk_load_digits()
     images = (np.asarray(bunch.images, np.float32) / np.float32(16.0))[..., None]
     labels = np.asarray(bunch.target, np.int32)
@@ -295,16 +292,10 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
 # ----------------------------------------------------------------------------- batching
 
 
-def _positive_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Full batches per epoch, n // batch_size (the remainder is dropped); ValueError if none."""
-    n = _positive_int(n, "n")
-    batch_size = _positive_int(batch_size, "batch_size")
+    n = _checks.positive_int(n, "n")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(
             f"batch_size must be ≤ n = {n} (one full batch per epoch), got {batch_size}"
@@ -319,7 +310,7 @@ def epoch_permutation(key: jax.Array, n: int, epoch) -> jax.Array:
     compute it once and slice it itself (the permutation is a sort of n keys, the costly part of
     a per-step :func:`batch_indices` for large n; see ``benchmarks/data_batching.py``).
     """
-    n = _positive_int(n, "n")
+    n = _checks.positive_int(n, "n")
     return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
 

@@ -45,7 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from liplax.sweep_inputs import Entry, SweepInputError, is_optimizer_leaf, read_inputs
+from liplax.cli.common import enable_cache
+from liplax.cli.sweep_inputs import Entry, SweepInputError, is_optimizer_leaf, read_inputs
+from liplax.training.outputs import Progress
 
 # JAX and the bound modules load when a sweep runs, not when ``liplax`` builds its parser.
 OPS = ("exact", "gram", "power", "inf", "one")
@@ -63,7 +65,7 @@ def _ops(layer: str) -> dict:
 COLUMNS = ("source", "name", "index", "shape", "layer", "op", "guarantee", "value")
 
 
-# Reading the inputs lives in liplax.sweep_inputs (re-exported here).
+# Reading the inputs lives in liplax.cli.sweep_inputs (re-exported here).
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,32 +132,6 @@ class _First:
 # --------------------------------------------------------------------------------------------
 # Progress, the sweep, the table.
 # --------------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """tqdm on stderr if installed, else one plain line per block."""
-
-    def __init__(self, total: int, quiet: bool):
-        self.total, self.done, self.quiet, self.bar = total, 0, quiet, None
-        if quiet:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, unit="kernel", file=sys.stderr, desc="liplax sweep")
-
-    def update(self, n: int, what: str) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.set_postfix_str(what)
-            self.bar.update(n)
-        elif not self.quiet:
-            print(f"liplax sweep: {self.done}/{self.total} kernels ({what})", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _sweep_blocks(fn, kernels: np.ndarray, block: int | None, progress, what: str):
@@ -305,9 +281,7 @@ def run(args) -> int:
 
     try:
         _check_args(args)
-        from liplax.jaxcache import enable_compilation_cache
-
-        enable_compilation_cache()
+        enable_cache()
         entries = read_inputs(args.inputs, note,
                               optimizer_state=getattr(args, "optimizer_state", False))
         if args.match is not None:
@@ -315,7 +289,7 @@ def run(args) -> int:
             if not entries:
                 raise SweepInputError(f"--match {args.match!r}: no kernel name contains it")
         total = sum(e.stacked.shape[0] for e in entries)
-        progress = _Progress(total, args.quiet)
+        progress = Progress(total, quiet=args.quiet, desc="liplax sweep", unit="kernel")
         try:
             rows = sweep_entries(entries, args, progress)
         finally:

@@ -1,0 +1,126 @@
+r"""One jitted chunk of training steps: the objective, its penalty weight, the batches.
+
+:func:`make_chunk` compiles ``num_steps`` optimizer steps into one ``lax.scan``. The batches come
+from :func:`chunk_batch_indices`, a pure function of (seed, step) equal to
+:func:`liplax.training.data.batch_indices` step by step, so a resumed run replays exactly the
+computation of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from liplax import bounds
+from liplax.training import data, losses
+from liplax.training.config import Config
+from liplax.training.state import Run, TrainState
+
+
+def penalty_weight(config: Config, step: jax.Array) -> jax.Array:
+    """λ(t) = λ·min(1, t / penalty_warmup) (λ from the start when the warm-up is 0)."""
+    if config.penalty == "none":
+        return jnp.zeros((), jnp.float32)
+    lam = jnp.asarray(config.penalty_weight, jnp.float32)
+    if config.penalty_warmup == 0:
+        return lam
+    return lam * jnp.minimum(1.0, step.astype(jnp.float32) / config.penalty_warmup)
+
+
+def loss_function(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The config's data loss with its parameters bound."""
+    params = {
+        "ce": {},
+        "offset_ce": {"offset": config.offset, "temperature": config.temperature},
+        "hinge": {"margin": config.margin},
+        "hkr": {"alpha": config.alpha, "margin": config.margin},
+    }[config.loss]
+    return losses.get_loss(config.loss, **params)
+
+
+def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
+    """jit(state, x_all, y_all, num_steps) → (state, metrics averaged over the chunk).
+
+    Each step minimizes ``loss(f(x), y) + λ(t)·penalty(f)`` (:func:`loss_function`,
+    :func:`penalty_weight`, :func:`liplax.bounds.trivial_bound_penalty`) on the batch
+    :func:`chunk_batch_indices` draws; ``num_steps`` (static) steps run in one ``lax.scan``, and
+    the state is donated. With a ``mesh`` the batch is sharded over its ``"data"`` axis.
+    """
+    config, graphdef, tx = run.config, run.graphdef, run.tx
+    loss_fn = loss_function(config)
+    shape = run.input_shape
+    batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
+
+    def one_step(state: TrainState, x_all, y_all, idx):
+        x, y = x_all[idx], y_all[idx]
+        if batch_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, batch_sharding)
+            y = jax.lax.with_sharding_constraint(y, batch_sharding)
+        lam = penalty_weight(config, state.step)
+
+        def objective(params):
+            # Fresh Variable objects at this trace level, so the penalty may move the state.
+            model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, state.rest))
+            logits = model(x)
+            data_loss = loss_fn(logits, y)
+            if config.penalty == "none":
+                pen = jnp.zeros((), jnp.float32)
+            else:
+                target = config.penalty_target if config.penalty == "hinge" else None
+                pen = bounds.trivial_bound_penalty(
+                    model, shape, p=config.p, kind=config.penalty, target=target,
+                    grouped=config.grouped,
+                )
+            rest = nnx.split(model, nnx.Param, ...)[2]
+            acc = jnp.mean(jnp.argmax(logits, -1) == y)
+            return data_loss + lam * pen, (data_loss, pen, acc, rest)
+
+        (total, (data_loss, pen, acc, rest)), grads = jax.value_and_grad(
+            objective, has_aux=True
+        )(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = TrainState(state.step + 1, params, rest, opt_state, state.key)
+        metrics = {"loss": data_loss, "penalty": pen, "objective": total, "train_accuracy": acc}
+        return new, metrics
+
+    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+    def chunk(state, x_all, y_all, num_steps: int):
+        data_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)
+        batches = chunk_batch_indices(data_key, n_train, config.batch_size, state.step, num_steps)
+
+        def body(st, idx):
+            return one_step(st, x_all, y_all, idx)
+
+        state, ms = jax.lax.scan(body, state, batches)
+        return state, jax.tree.map(jnp.mean, ms)
+
+    return chunk
+
+
+def chunk_batch_indices(
+    key: jax.Array, n: int, batch_size: int, start: jax.Array, num_steps: int
+) -> jax.Array:
+    """``(num_steps, batch_size)`` indices: row t is ``data.batch_indices(key, n, bs, start+t)``.
+
+    The epoch permutations the chunk touches (at most num_steps // S + 2 of them, S the steps
+    per epoch: a static count) are drawn once, not once per step: a permutation sorts n keys,
+    which at n = 60000 costs more than a small model's training step.
+    """
+    spe = data.steps_per_epoch(n, batch_size)
+    first_epoch = start // spe
+    epochs = first_epoch + jnp.arange(num_steps // spe + 2)
+    perms = jax.vmap(lambda e: data.epoch_permutation(key, n, e))(epochs)
+    steps = start + jnp.arange(num_steps)
+    cols = (steps % spe)[:, None] * batch_size + jnp.arange(batch_size)
+    return perms.reshape(-1)[(steps // spe - first_epoch)[:, None] * n + cols]
+
+
+__all__ = ["chunk_batch_indices", "loss_function", "make_chunk", "penalty_weight"]
