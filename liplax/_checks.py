@@ -87,6 +87,14 @@ def pair(v, name: str, where: str | None = None) -> tuple[int, int]:
     return (v, v)
 
 
+def finite_number(v, name: str, where: str | None = None) -> float:
+    """``v`` as a Python float, for a finite Python (or NumPy) real number; bools refused."""
+    if (isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating)
+            or not math.isfinite(v)):
+        raise ValueError(f"{_at(where)}{name} must be a finite Python number, got {v!r}")
+    return float(v)
+
+
 P_VALUES: tuple[float, ...] = (1, 2, math.inf)
 
 

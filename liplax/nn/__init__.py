@@ -43,6 +43,7 @@ from liplax.nn.export import to_plain
 from liplax.nn.linf import LinfDense, project_l1_ball
 from liplax.nn.misc import AvgPool, Flatten, MaxPool, Scale
 from liplax.nn.registry import register_layer
+from liplax.nn.scaled_identity import ScaledIdentity
 from liplax.nn.sinusoidal import SinusoidalDense
 from liplax.nn.spectral import SpectralConv, SpectralDense
 from liplax.nn.walk import bound_of, log_bound_of, output_shape_of
@@ -70,6 +71,7 @@ __all__ = [
     "ReLU",
     "Residual",
     "Scale",
+    "ScaledIdentity",
     "Sequential",
     "SinPoly",
     "SinusoidalDense",

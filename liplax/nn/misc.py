@@ -18,7 +18,7 @@ import math
 import jax
 from flax import nnx
 
-from liplax._checks import pair
+from liplax._checks import finite_number, pair
 from liplax.guarantee import Bound
 from liplax.nn._base import LipschitzModule, const_bound
 from liplax.nn.registry import register_layer
@@ -45,11 +45,7 @@ class Scale(LipschitzModule):
     """x ↦ a·x for a fixed Python number ``a``: constant |a| in every p (exact)."""
 
     def __init__(self, factor: float):
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(
-            factor
-        ):
-            raise ValueError(f"Scale: factor must be a finite Python number, got {factor!r}")
-        self.factor = float(factor)
+        self.factor = finite_number(factor, "factor", "Scale")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.factor
