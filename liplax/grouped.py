@@ -6,7 +6,7 @@ registered with ``power="estimate"`` (``Dense``, ``SinusoidalDense``, ``Conv``;
 :class:`~liplax.nn.PowerIterState` (Miyato et al., ICLR 2018). A model often holds many layers
 of one shape (an MLP with 8 hidden 256×256 layers, a CNN with several 3×3 C→C convolutions).
 :func:`grouped_log_bound` computes the same value as
-``liplax.nn.containers.log_bound_of(model, input_shape, p=p, fast=True)``:
+``liplax.nn.walk.log_bound_of(model, input_shape, p=p, fast=True)``:
 
 1. walk the model with the one model walk (:mod:`liplax.nn.walk`, as the per-layer path does),
    propagating the per-example shape, and collect the power-step layers;

@@ -17,7 +17,7 @@ from flax import nnx
 import liplax.nn as ln
 from liplax import bounds
 from liplax.grouped import grouped_log_bound, power_groups
-from liplax.nn.containers import log_bound_of
+from liplax.nn.walk import log_bound_of
 from tests import reference as ref
 
 
@@ -297,3 +297,21 @@ def test_grouped_call_guards_a_zero_sigma_as_the_layer_does():
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.all(want == want[:1])  # the zero layer gives its bias only: one row, repeated
+
+
+def test_an_unregistered_subclass_takes_its_own_estimate():
+    """Grouping looks layers up by exact type: a Dense subclass with its own estimate is not
+    stepped with the Dense group, so grouped and per-layer values agree."""
+
+    class Halved(ln.Dense):
+        def _estimate(self, shape, p):
+            b = super()._estimate(shape, p)
+            return type(b)(b.value / 2, b.kind)
+
+    def build():
+        r = nnx.Rngs(0)
+        return ln.Sequential(ln.Dense(4, 4, rngs=r), Halved(4, 4, rngs=r), ln.Dense(4, 4, rngs=r))
+
+    assert [len(g.layers) for g in power_groups(build(), (4,))] == [2]
+    got = float(grouped_log_bound(build(), (4,))[0])
+    assert got == pytest.approx(float(log_bound_of(build(), (4,), fast=True)[0]), rel=1e-5)
