@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from hypothesis import given, note
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 from liplax.guarantee import exact_margin
@@ -76,6 +76,7 @@ def test_every_registered_layer_bound_is_sound_at_every_scale(name, seed, k, j):
         truth = max((float(induced_norm(jj, p)) for jj in finite), default=math.nan)
         note(f"{name} p={p} k={k} j={j}: kind={b.kind} bound={value!r} truth={truth!r}")
         assert b.kind in ("exact", "upper")
+        event(f"p={p}: {'finite' if math.isfinite(value) else 'non-finite'} bound")
         if not math.isfinite(value):
             continue  # refused by certification (inf or NaN), never a finite wrong value
         assert len(finite) == len(js), "a finite bound for a map with a non-finite Jacobian"
