@@ -1,12 +1,15 @@
-"""Trace-time argument checks shared by the bound operators.
+"""Trace-time argument checks: the one validation vocabulary of liplax.
 
 Each check raises ``TypeError``/``ValueError`` naming the argument, the value received and what
-was expected. They look only at static information (shapes, dtypes, Python values), so they run
-once at trace time and cost nothing inside ``jit``.
+was expected (prefixed by ``where``, the function or layer that was called, when given). They look
+only at static information (shapes, dtypes, Python values), so they run once at trace time and
+cost nothing inside ``jit``. Used by the norm operators, the layers (:mod:`liplax.nn`), the model
+walk, the verifiers and the training code alike (docs/design.md §validation).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -63,27 +66,88 @@ def kernel(k, name: str = "kernel") -> jnp.ndarray:
     return k
 
 
-def _positive_int(v, name: str) -> int:
+def _at(where: str | None) -> str:
+    return f"{where}: " if where else ""
+
+
+def positive_int(v, name: str, where: str | None = None) -> int:
+    """``v`` as a Python int ≥ 1 (bools refused); ``ValueError`` naming ``name`` otherwise."""
     if isinstance(v, bool) or not isinstance(v, int | np.integer) or int(v) < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
+        raise ValueError(f"{_at(where)}{name} must be a positive int, got {v!r}")
     return int(v)
+
+
+def pair(v, name: str, where: str | None = None) -> tuple[int, int]:
+    """An int or a pair of positive ints, as a pair (window, stride, kernel and input sizes)."""
+    if isinstance(v, Sequence) and not isinstance(v, str):
+        if len(v) != 2:
+            raise ValueError(f"{_at(where)}{name} must be an int or a pair of ints, got {v!r}")
+        return (positive_int(v[0], f"{name}[0]", where), positive_int(v[1], f"{name}[1]", where))
+    v = positive_int(v, name, where)
+    return (v, v)
+
+
+def finite_number(v, name: str, where: str | None = None) -> float:
+    """``v`` as a Python float, for a finite Python (or NumPy) real number; bools refused."""
+    if (isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating)
+            or not math.isfinite(v)):
+        raise ValueError(f"{_at(where)}{name} must be a finite Python number, got {v!r}")
+    return float(v)
+
+
+P_VALUES: tuple[float, ...] = (1, 2, math.inf)
+
+
+def check_p(p, where: str) -> float:
+    """Normalize ``p`` to 1, 2 or ``math.inf`` (``"inf"``, ``"infinity"``, ``"∞"`` accepted);
+    ``ValueError`` naming ``where`` otherwise. The one spelling of the p-check."""
+    if isinstance(p, str) and p.lower() in ("inf", "infinity", "∞"):
+        return math.inf
+    if isinstance(p, bool) or not isinstance(p, int | float):
+        raise ValueError(f"{where}: p must be 1, 2 or inf, got {p!r}")
+    if p in (1, 2) or p == math.inf:
+        return math.inf if p == math.inf else int(p)
+    raise ValueError(f"{where}: p must be 1, 2 or inf, got {p!r}")
+
+
+def shape_tuple(input_shape, where: str, name: str = "input_shape") -> tuple[int, ...]:
+    """``input_shape`` (one example, no batch axis; an int means ``(int,)``) as a non-empty tuple
+    of positive Python ints."""
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    msg = (f"{where}: {name} must be a tuple of positive ints (one example, no batch axis), "
+           f"got {input_shape!r}")
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise ValueError(msg)
+    out = []
+    for v in input_shape:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(msg)
+        out.append(int(v))
+    if not out:
+        raise ValueError(f"{where}: {name} must not be empty, got {input_shape!r}")
+    return tuple(out)
+
+
+def check_features(x: jax.Array, expected: int, where: str, axis_name: str = "in_features"):
+    """Raise ``ValueError`` if the last axis of ``x`` is not ``expected`` (a trace-time check)."""
+    if x.ndim < 1 or x.shape[-1] != expected:
+        raise ValueError(
+            f"{where}: input of shape {tuple(x.shape)} has {x.shape[-1] if x.ndim else 0} "
+            f"features on its last axis, expected {axis_name}={expected}"
+        )
 
 
 def input_shape(shape, name: str = "input_shape") -> tuple[int, int]:
     """Check that ``shape`` is (H, W), two positive Python ints."""
     if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 2:
         raise ValueError(f"{name} must be a pair (H, W) of positive ints, got {shape!r}")
-    return (_positive_int(shape[0], f"{name}[0]"), _positive_int(shape[1], f"{name}[1]"))
+    return (positive_int(shape[0], f"{name}[0]"), positive_int(shape[1], f"{name}[1]"))
 
 
 def strides(s, name: str = "strides") -> tuple[int, int]:
     """Normalize ``strides`` (an int or a pair of ints, all ≥ 1) to a pair."""
-    if isinstance(s, Sequence) and not isinstance(s, str):
-        if len(s) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {s!r}")
-        return (_positive_int(s[0], f"{name}[0]"), _positive_int(s[1], f"{name}[1]"))
-    v = _positive_int(s, name)
-    return (v, v)
+    return pair(s, name)
 
 
 def num_iters(n, name: str = "num_iters", minimum: int = 0) -> int:
@@ -175,11 +239,6 @@ def finite(x, name: str) -> None:
     v = concrete(x)
     if v is not None and not np.all(np.isfinite(v)):
         raise ValueError(f"{name} must be finite, got non-finite values (nan/inf) in {name}")
-
-
-def positive_int(v, name: str) -> int:
-    """A Python/NumPy int ≥ 1 (not a bool) as an ``int``."""
-    return _positive_int(v, name)
 
 
 def real_scalar(value, name: str, *, positive: bool = False):

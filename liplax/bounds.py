@@ -1,4 +1,4 @@
-r"""The trivial bound of a network and its training penalty (DESIGN.md §3–4).
+r"""The trivial bound of a network and its training penalty (docs/design.md §composition).
 
 L(f_L ∘ … ∘ f_1) ≤ Π_l Lip(f_l). :func:`trivial_bound` multiplies the layers' certified
 bounds (``upper`` only if every factor is ``exact``/``upper``); :func:`log_trivial_bound` sums
@@ -28,16 +28,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from liplax._checks import check_p
 from liplax.grouped import grouped_log_bound
 from liplax.guarantee import Bound
-from liplax.nn._base import check_p
-from liplax.nn.containers import _children, _name, bound_of, log_bound_of, output_shape_of
 from liplax.nn.export import to_plain
+from liplax.nn.walk import bound_of, layer_name, log_bound_of, top_level
 
 PENALTY_KINDS = ("log", "product", "hinge")
 
 
-def _static_shape(input_shape) -> tuple:
+def static_shape(input_shape) -> tuple:
+    """``input_shape`` as a hashable tuple for a static jit argument (an int means ``(int,)``;
+    anything else is passed on unchanged to be refused by name)."""
     if isinstance(input_shape, int) and not isinstance(input_shape, bool):
         return (input_shape,)
     try:
@@ -72,13 +74,13 @@ def trivial_bound(model, input_shape: Sequence[int], *, p=2) -> Bound:
     fast; nothing moves (certified bounds use no power-iteration state). Differentiable.
     """
     check_p(p, "trivial_bound")
-    return _bound_jit(model, _static_shape(input_shape), p)
+    return _bound_jit(model, static_shape(input_shape), p)
 
 
 def log_trivial_bound(model, input_shape: Sequence[int], *, p=2) -> Bound:
     """log of :func:`trivial_bound` as Σ_l log Lip_l; the ``Bound``'s value is the natural log."""
     check_p(p, "log_trivial_bound")
-    return _log_bound_jit(model, _static_shape(input_shape), p)
+    return _log_bound_jit(model, static_shape(input_shape), p)
 
 
 def trivial_bound_penalty(
@@ -135,24 +137,20 @@ def trivial_bound_penalty(
     return jnp.maximum(jnp.exp(log_value) - target, 0.0)
 
 
-@functools.partial(nnx.jit, static_argnums=(1, 2))
-def _layer_bounds_jit(model, input_shape, p) -> list[Bound]:
-    kids = _children(model)
-    if kids is None:
-        return [bound_of(model, input_shape, p=p)]
-    out, shape = [], input_shape
-    for layer in kids:
-        out.append(bound_of(layer, shape, p=p))
-        shape = output_shape_of(layer, shape)
-    return out
+def top_level_bounds(model, input_shape, p) -> list[Bound]:
+    """The certified bound of each top-level layer (:func:`liplax.nn.walk.top_level`), in
+    order: the rows of :func:`layer_bounds` and of ``liplax.sweep.model_sweep``."""
+    return [bound_of(node.layer, node.input_shape, p=p) for node in top_level(model, input_shape)]
+
+
+_layer_bounds_jit = nnx.jit(top_level_bounds, static_argnums=(1, 2))
 
 
 def layer_bounds(model, input_shape: Sequence[int], *, p=2) -> list[tuple[str, Bound]]:
     """The certified bound of each top-level layer of a sequential model, for reports."""
     check_p(p, "layer_bounds")
-    kids = _children(model)
-    names = [_name(model)] if kids is None else [_name(layer) for layer in kids]
-    return list(zip(names, _layer_bounds_jit(model, _static_shape(input_shape), p), strict=True))
+    names = [layer_name(node.layer) for node in top_level(model)]
+    return list(zip(names, _layer_bounds_jit(model, static_shape(input_shape), p), strict=True))
 
 
 __all__ = [
@@ -160,7 +158,9 @@ __all__ = [
     "grouped_log_bound",
     "layer_bounds",
     "log_trivial_bound",
+    "static_shape",
     "to_plain",
+    "top_level_bounds",
     "trivial_bound",
     "trivial_bound_penalty",
 ]

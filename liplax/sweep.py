@@ -38,11 +38,11 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from liplax.bounds import _static_shape
+from liplax._checks import check_p
+from liplax.bounds import static_shape, top_level_bounds
 from liplax.certify import local_norm_ascent, tightness_ratio
 from liplax.guarantee import Bound
-from liplax.nn._base import check_p
-from liplax.nn.containers import _children, _name, bound_of, output_shape_of
+from liplax.nn.walk import bound_of, layer_name, top_level
 
 PyTree = Any
 
@@ -236,11 +236,7 @@ def sweep(
 def _model_bounds(graphdef, input_shape: tuple, p, starts, lower_steps, state) -> dict:
     """Trivial and per-layer bounds (and a lower bound) of one model given by its state."""
     model = nnx.merge(graphdef, state)
-    kids = _children(model)
-    layers, shape = [], input_shape
-    for layer in kids if kids is not None else [model]:
-        layers.append(bound_of(layer, shape, p=p))
-        shape = output_shape_of(layer, shape)
+    layers = top_level_bounds(model, input_shape, p)
     out = {"trivial": bound_of(model, input_shape, p=p), "layers": layers}
     if starts is not None:
         found = local_norm_ascent(lambda x: model(x[None])[0], starts, p=p, steps=lower_steps)
@@ -273,10 +269,10 @@ def model_sweep(
     ``liplax.bounds.layer_bounds(models[i], ...)``.
 
     Guarantee: each :class:`~liplax.guarantee.Bound` keeps its kind (``upper`` when every factor
-    is ``exact``/``upper``, else ``estimate``; DESIGN.md §3). With data points ``xs``, each
-    model's lower bound is :func:`liplax.certify.local_norm_ascent` started at the origin and at
-    ``xs`` (the largest local Jacobian norm found, attained: an ``estimate`` from below), and
-    ``tightness`` = trivial / lower.
+    is ``exact``/``upper``, else ``estimate``; docs/design.md §composition). With data points
+    ``xs``, each model's lower bound is :func:`liplax.certify.local_norm_ascent` started at the
+    origin and at ``xs`` (the largest local Jacobian norm found, attained: an ``estimate`` from
+    below), and ``tightness`` = trivial / lower.
 
     Args:
       models: a non-empty list or tuple of Flax NNX models with the same graph (same layers,
@@ -300,7 +296,7 @@ def model_sweep(
         if not isinstance(m, nnx.Module):
             raise TypeError(f"models[{i}] must be a flax.nnx.Module, got {type(m).__name__}")
     check_p(p, "model_sweep")
-    shape = _static_shape(input_shape)
+    shape = static_shape(input_shape)
     splits = [nnx.split(m) for m in models]
     graphdef = splits[0][0]
     for i, (g, _) in enumerate(splits[1:], start=1):
@@ -323,8 +319,7 @@ def model_sweep(
     else:
         fn = partial(_model_bounds, graphdef, shape, p, starts, lower_steps)
     out = sweep(fn, states, chunk_size=chunk_size, mesh=mesh)
-    kids = _children(models[0])
-    names = [_name(models[0])] if kids is None else [_name(layer) for layer in kids]
+    names = [layer_name(node.layer) for node in top_level(models[0])]
     result = {"trivial": out["trivial"], "layers": list(zip(names, out["layers"], strict=True))}
     if starts is not None:
         result["lower"] = Bound(out["lower"], "estimate")

@@ -225,6 +225,8 @@ CASES = [
          'MaxMin: needs an even number of features (width), got width 3'),
     Case("nn.Scale", "factor=nan", lambda: ln.Scale(math.nan), ValueError,
          'Scale: factor must be a finite Python number, got nan'),
+    Case("nn.ScaledIdentity", "scale=inf", lambda: ln.ScaledIdentity(math.inf), ValueError,
+         'ScaledIdentity: scale must be a finite Python number, got inf'),
     Case("nn.Sequential", "a layer without a bound", lambda: ln.Sequential(object()),
          TypeError,
          (

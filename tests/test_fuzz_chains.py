@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import liplax.nn as ln
 from liplax import bounds, certify, verify
 from liplax.guarantee import Bound, exact_margin, unit_roundoff
-from liplax.nn.containers import bound_of, log_bound_of
+from liplax.nn.walk import bound_of, log_bound_of
 from liplax.sweep import _bounds_fn, model_sweep, sweep
 from tests.nn_helpers import rngs
 

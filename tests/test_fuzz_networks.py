@@ -31,7 +31,7 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 import liplax.nn as ln
-from liplax.nn.containers import bound_of, log_bound_of
+from liplax.nn.walk import bound_of, log_bound_of
 from tests.nn_helpers import induced_norm, rngs
 from tests.test_properties import WIDE
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import liplax.nn as ln
 from liplax.bounds import trivial_bound
-from liplax.nn.containers import bound_of
+from liplax.nn.walk import bound_of
 from tests import reference as ref
 from tests._helpers import abs_sum_rtol, assert_exact, assert_upper
 from tests.nn_helpers import induced_norm, rngs

@@ -17,7 +17,7 @@ from flax import nnx
 import liplax.nn as ln
 from liplax import bounds
 from liplax.grouped import grouped_log_bound, power_groups
-from liplax.nn.containers import log_bound_of
+from liplax.nn.walk import log_bound_of
 from tests import reference as ref
 
 
@@ -277,3 +277,42 @@ def test_grouped_call_is_the_forward_pass_with_grouped_normalization():
                                np.asarray(ref_model(x)), rtol=1e-5, atol=1e-6)
     for a, b in zip(_states(grp_model), before, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_grouped_call_guards_a_zero_sigma_as_the_layer_does():
+    """σ̂ = 0 (a zero kernel in a group of two): grouped_call applies W itself, as the layer's
+    own training-mode forward does (spectral.normalized), instead of 0/0 = NaN."""
+    from liplax.grouped import grouped_call, spectral_groups
+
+    def build():
+        r = nnx.Rngs(3)
+        zero = ln.SpectralDense(4, 4, use_bias=True, bias_init=nnx.initializers.ones, rngs=r)
+        zero.kernel[...] = jnp.zeros((4, 4))
+        return ln.Sequential(zero, ln.MaxMin(), ln.SpectralDense(4, 4, rngs=r))
+
+    ref_model, grp_model = build(), build()
+    assert [len(g.layers) for g in spectral_groups(grp_model)] == [2]
+    x = jax.random.normal(jax.random.key(1), (3, 4))
+    want = np.asarray(ref_model(x))
+    got = np.asarray(grouped_call(grp_model, x))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(want == want[:1])  # the zero layer gives its bias only: one row, repeated
+
+
+def test_an_unregistered_subclass_takes_its_own_estimate():
+    """Grouping looks layers up by exact type: a Dense subclass with its own estimate is not
+    stepped with the Dense group, so grouped and per-layer values agree."""
+
+    class Halved(ln.Dense):
+        def _estimate(self, shape, p):
+            b = super()._estimate(shape, p)
+            return type(b)(b.value / 2, b.kind)
+
+    def build():
+        r = nnx.Rngs(0)
+        return ln.Sequential(ln.Dense(4, 4, rngs=r), Halved(4, 4, rngs=r), ln.Dense(4, 4, rngs=r))
+
+    assert [len(g.layers) for g in power_groups(build(), (4,))] == [2]
+    got = float(grouped_log_bound(build(), (4,))[0])
+    assert got == pytest.approx(float(log_bound_of(build(), (4,), fast=True)[0]), rel=1e-5)

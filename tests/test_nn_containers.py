@@ -146,3 +146,18 @@ def test_to_plain_same_outputs(build, shape):
     b_plain = float(bounds.trivial_bound(plain, shape).value)
     b_model = float(bounds.trivial_bound(model, shape).value)
     assert b_plain <= b_model * (1 + 1e-5)
+
+
+def test_to_plain_of_an_unregistered_subclass_computes_its_function():
+    """Export looks layers up by exact type: a subclass of Dense that changes its map (here
+    doubling the output) is cloned, not exported as its parent's nnx.Linear."""
+
+    class Doubled(ln.Dense):
+        def __call__(self, x):
+            return 2.0 * super().__call__(x)
+
+    model = ln.Sequential(Doubled(3, 4, rngs=rngs(0)), ln.ReLU(), ln.Dense(4, 2, rngs=rngs(1)))
+    model.eval()
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    plain = bounds.to_plain(model)
+    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)

@@ -1,6 +1,6 @@
 """The sinusoidal layer makes the trivial bound tight; a ReLU network does not.
 
-- ‖J(x)‖₂ of ``SinusoidalDense`` equals ‖W‖₂ at every sampled x (DESIGN.md §4).
+- ‖J(x)‖₂ of ``SinusoidalDense`` equals ‖W‖₂ at every sampled x (docs/design.md §activations).
 - A ``SinusoidalDense → Dense`` network whose second weight's top singular direction is aligned
   with the first layer's output direction has a trivial bound within 1% of its true ℓ2
   constant, found independently by gradient ascent on ‖J(x)‖₂ from random starts.

@@ -1,4 +1,4 @@
-"""Lipschitz layers for Flax NNX (DESIGN.md §3–4).
+"""Lipschitz layers for Flax NNX (docs/design.md §layer contract).
 
 Every layer and activation has ``output_shape(input_shape)``, ``lipschitz_bound(input_shape, *,
 p=2) -> Bound`` (certified where possible) and ``lipschitz_estimate`` (the fast penalty value).
@@ -6,9 +6,15 @@ p=2) -> Bound`` (certified where possible) and ``lipschitz_estimate`` (the fast 
 ``(H, W, C)`` for convolutions. ``p`` is 1, 2 or ``inf``. Power-iteration vectors live in
 :class:`PowerIterState` variables created in ``__init__``; they move in training mode only
 (``model.eval()`` freezes them); parameters are never written.
+
+Every layer class follows one contract (:class:`LipschitzModule`: it declares its bound, fast
+estimate, output shape and plain export once) and is registered with one ``@register_layer``
+line (:mod:`liplax.nn.registry`); every consumer of a model's layer tree goes through the one
+walk of :mod:`liplax.nn.walk`. CONTRIBUTING.md shows how to add a layer.
 """
 
-from liplax.nn._base import LipschitzModule, PowerIterState, check_p
+from liplax._checks import check_p
+from liplax.nn._base import LipschitzModule, PowerIterState
 from liplax.nn.activations import (
     Abs,
     Activation,
@@ -30,14 +36,17 @@ from liplax.nn.activations import (
 )
 from liplax.nn.aol import AOLConv, AOLDense, aol_conv, aol_dense
 from liplax.nn.bjorck import BjorckDense, bjorck
-from liplax.nn.containers import Residual, Sequential, bound_of, log_bound_of, output_shape_of
+from liplax.nn.containers import Residual, Sequential
 from liplax.nn.conv import Conv
 from liplax.nn.dense import Dense
 from liplax.nn.export import to_plain
 from liplax.nn.linf import LinfDense, project_l1_ball
 from liplax.nn.misc import AvgPool, Flatten, MaxPool, Scale
+from liplax.nn.registry import register_layer
+from liplax.nn.scaled_identity import ScaledIdentity
 from liplax.nn.sinusoidal import SinusoidalDense
 from liplax.nn.spectral import SpectralConv, SpectralDense
+from liplax.nn.walk import bound_of, log_bound_of, output_shape_of
 
 __all__ = [
     "AOLConv",
@@ -62,6 +71,7 @@ __all__ = [
     "ReLU",
     "Residual",
     "Scale",
+    "ScaledIdentity",
     "Sequential",
     "SinPoly",
     "SinusoidalDense",
@@ -81,6 +91,7 @@ __all__ = [
     "output_shape_of",
     "poly_activation",
     "project_l1_ball",
+    "register_layer",
     "sin_poly",
     "to_plain",
 ]

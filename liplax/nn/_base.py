@@ -18,17 +18,14 @@ Conventions of :mod:`liplax.nn`:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from liplax._checks import P_VALUES, check_p, shape_tuple
 from liplax.guarantee import Bound
-
-P_VALUES: tuple[float, ...] = (1, 2, math.inf)
 
 
 class PowerIterState(nnx.Variable):
@@ -36,39 +33,6 @@ class PowerIterState(nnx.Variable):
 
     Created in ``__init__`` from an explicit ``rngs``; updated in training mode only.
     """
-
-
-def check_p(p, layer: str) -> float:
-    """Normalize ``p`` to 1, 2 or ``math.inf``; raise ``ValueError`` naming ``layer`` otherwise."""
-    if isinstance(p, str) and p.lower() in ("inf", "infinity", "∞"):
-        return math.inf
-    if isinstance(p, bool) or not isinstance(p, int | float):
-        raise ValueError(f"{layer}: p must be 1, 2 or inf, got {p!r}")
-    if p in (1, 2) or p == math.inf:
-        return math.inf if p == math.inf else int(p)
-    raise ValueError(f"{layer}: p must be 1, 2 or inf, got {p!r}")
-
-
-def shape_tuple(input_shape, layer: str, name: str = "input_shape") -> tuple[int, ...]:
-    """``input_shape`` as a tuple of positive ints (per example, no batch axis)."""
-    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
-        input_shape = (input_shape,)
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        raise ValueError(
-            f"{layer}: {name} must be a tuple of positive ints (one example, no batch axis), "
-            f"got {input_shape!r}"
-        )
-    out = []
-    for v in input_shape:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(
-                f"{layer}: {name} must be a tuple of positive ints (one example, no batch axis), "
-                f"got {input_shape!r}"
-            )
-        out.append(int(v))
-    if not out:
-        raise ValueError(f"{layer}: {name} must not be empty, got {input_shape!r}")
-    return tuple(out)
 
 
 def const_bound(value: float, kind: str) -> Bound:
@@ -83,30 +47,31 @@ def const_bound(value: float, kind: str) -> Bound:
     return Bound(jnp.asarray(v, dtype=dtype), kind)
 
 
-def positive_int(v, layer: str, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {v!r}")
-    return int(v)
-
-
-def pair(v, layer: str, name: str) -> tuple[int, int]:
-    """An int or a pair of positive ints, as a pair."""
-    if isinstance(v, Sequence) and not isinstance(v, str):
-        if len(v) != 2:
-            raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {v!r}")
-        return (positive_int(v[0], layer, f"{name}[0]"), positive_int(v[1], layer, f"{name}[1]"))
-    v = positive_int(v, layer, name)
-    return (v, v)
-
-
 class LipschitzModule(nnx.Module):
-    """Base of liplax layers: ``output_shape``, ``lipschitz_bound`` and ``lipschitz_estimate``.
+    """The layer contract (docs/design.md §layer contract).
 
-    Subclasses implement :meth:`output_shape` and :meth:`lipschitz_bound`; layers whose ℓ2
-    certificate is expensive override :meth:`lipschitz_estimate` with a warm power iteration.
+    A layer declares, once:
+
+    - ``_output_shape(shape)``: the per-example output shape of a checked ``shape`` (a tuple of
+      positive ints); ``ValueError`` naming the layer on a mismatch;
+    - ``_bound(shape, p) -> Bound``: its certified ℓp constant (``exact``/``upper`` where
+      possible) for p ∈ :attr:`supported_p`, already normalized;
+    - ``_estimate(shape, p) -> Bound`` (optional, default ``_bound``): the fast value of the
+      training penalty (e.g. a warm power step, moving state in training mode only);
+    - ``to_plain()`` (optional, default a clone): the layer as plain flax modules computing the
+      same function in inference mode;
+    - ``power_key(input_shape)``/``power_step(kernels, states)``: only for layers registered
+      with a power role (:mod:`liplax.nn.registry`).
+
+    The public :meth:`output_shape`, :meth:`lipschitz_bound` and :meth:`lipschitz_estimate`
+    check ``p`` and the shape here, once for every layer, and call the hooks.
     """
 
     deterministic: bool = False
+    #: the p's the layer bounds; any other p is refused by name.
+    supported_p: tuple = P_VALUES
+    #: "sequential" or "residual" for the containers the model walk descends into.
+    container: str | None = None
 
     @property
     def layer_name(self) -> str:
@@ -117,26 +82,53 @@ class LipschitzModule(nnx.Module):
         if deterministic is not None:
             self.deterministic = deterministic
 
+    # -- the template: checks once, then the hooks -------------------------------------------
+
+    def _checked(self, input_shape, p, method: str) -> tuple[tuple[int, ...], float]:
+        where = f"{self.layer_name}.{method}"
+        p = check_p(p, where)
+        if p not in self.supported_p:
+            raise ValueError(
+                f"{where}: p={p} is not supported by {self.layer_name} (it bounds p in "
+                f"{self.supported_p})"
+            )
+        shape = shape_tuple(input_shape, self.layer_name)
+        self._output_shape(shape)
+        return shape, p
+
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Per-example output shape for a per-example ``input_shape``; ValueError on mismatch."""
-        raise NotImplementedError
+        return self._output_shape(shape_tuple(input_shape, self.layer_name))
 
     def lipschitz_bound(self, input_shape: Sequence[int], *, p=2) -> Bound:
         """Lipschitz constant of the layer in ℓp on ``input_shape`` (certified where possible)."""
-        raise NotImplementedError
+        shape, p = self._checked(input_shape, p, "lipschitz_bound")
+        return self._bound(shape, p)
 
     def lipschitz_estimate(self, input_shape: Sequence[int], *, p=2) -> Bound:
         """Fast differentiable Lipschitz value for the training penalty (default: the bound)."""
-        return self.lipschitz_bound(input_shape, p=p)
+        shape, p = self._checked(input_shape, p, "lipschitz_estimate")
+        return self._estimate(shape, p)
 
-    def _p(self, p) -> float:
-        return check_p(p, f"{self.layer_name}.lipschitz_bound")
+    # -- the hooks -----------------------------------------------------------------------------
 
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError(f"{self.layer_name} does not declare _output_shape")
 
-def check_features(x: jax.Array, expected: int, layer: str, axis_name: str = "in_features"):
-    """Raise ``ValueError`` if the last axis of ``x`` is not ``expected`` (a trace-time check)."""
-    if x.ndim < 1 or x.shape[-1] != expected:
-        raise ValueError(
-            f"{layer}: input of shape {tuple(x.shape)} has {x.shape[-1] if x.ndim else 0} "
-            f"features on its last axis, expected {axis_name}={expected}"
-        )
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
+        raise NotImplementedError(f"{self.layer_name} does not declare _bound")
+
+    def _estimate(self, shape: tuple[int, ...], p: float) -> Bound:
+        return self._bound(shape, p)
+
+    def to_plain(self):
+        """The layer as plain flax modules (default: a clone, the same function)."""
+        return nnx.clone(self)
+
+    def power_key(self, input_shape=None) -> tuple:
+        """The static arguments of the layer's warm power step (layers with a power role)."""
+        raise NotImplementedError(f"{self.layer_name} has no power step")
+
+    def power_step(self, kernels, states):
+        """(σ̂ (G,), u' (G, …)) of one batched power step over G stacked same-key layers."""
+        raise NotImplementedError(f"{self.layer_name} has no power step")

@@ -5,7 +5,7 @@ p ∈ {1, 2, ∞}, its Lipschitz constant (:meth:`lipschitz_constant`) and wheth
 **saturating** for that p (:meth:`is_saturating`): whether its Jacobian is an isometry,
 ‖Dσ(z)v‖_p = ‖v‖_p at almost every z, so that it passes on the full gain of the layer before it.
 
-Facts (DESIGN.md §4):
+Facts (docs/design.md §activations):
 
 - GroupSort (Anil, Lucas, Grosse, *Sorting out Lipschitz function approximation*, ICML 2019):
   sort contiguous groups of ``group_size`` features (descending). The Jacobian is a permutation
@@ -16,7 +16,7 @@ Facts (DESIGN.md §4):
 - Polyactivations z ↦ (f₁(z), …, f_K(z)) per neuron, output K·d features (the K blocks are
   concatenated on the last axis). At z the gain on a direction v is ‖(f'_k(z_i) v_i)_{i,k}‖_p,
   which is at most ‖(L_1, …, L_K)‖_p ‖v‖_p when each f_k is L_k-Lipschitz (Kuang, Xu,
-  Sivaranjani, Lin 2026, as reconstructed in DESIGN.md):
+  Sivaranjani, Lin 2026, as reconstructed in docs/design.md §activations):
 
   * ``CReLU`` z ↦ (max(z,0), max(−z,0)): derivative (1,0) or (0,1): 1-Lipschitz, saturating in
     every p.
@@ -41,8 +41,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from liplax._checks import check_p, positive_int
 from liplax.guarantee import Bound
-from liplax.nn._base import LipschitzModule, check_p, const_bound, positive_int, shape_tuple
+from liplax.nn._base import LipschitzModule, const_bound
+from liplax.nn.registry import register_layer
 
 ALL_P = frozenset({1, 2, math.inf})
 
@@ -56,7 +58,7 @@ def group_sort(x: jax.Array, group_size: int) -> jax.Array:
 
     1-Lipschitz and norm-preserving in every ℓp (Anil et al., ICML 2019).
     """
-    group_size = positive_int(group_size, "group_sort", "group_size")
+    group_size = positive_int(group_size, "group_size", "group_sort")
     d = x.shape[-1]
     if d % group_size:
         raise ValueError(
@@ -125,20 +127,23 @@ class Activation(LipschitzModule):
         """Whether ‖Dσ(z)v‖_p = ‖v‖_p for almost every z and every v."""
         return check_p(p, f"{self.layer_name}.is_saturating") in self.saturating_p
 
-    def output_shape(self, input_shape) -> tuple[int, ...]:
-        shape = shape_tuple(input_shape, self.layer_name)
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         self._check_width(shape[-1])
         return (*shape[:-1], shape[-1] * self.widen)
 
     def _check_width(self, d: int) -> None:
         return None
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        p = self._p(p)
-        self.output_shape(input_shape)
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         return const_bound(self.constants[p], self.constants_kind)
 
 
+def _example(make, width: int = 4):
+    """Registration example of an activation: ``make()`` on (2, width) inputs."""
+    return lambda rngs: (make(), (2, width))
+
+
+@register_layer(example=_example(lambda: ReLU()))
 class ReLU(Activation):
     """max(z, 0): 1-Lipschitz, not saturating (dead units)."""
 
@@ -146,6 +151,7 @@ class ReLU(Activation):
         return jax.nn.relu(x)
 
 
+@register_layer(example=_example(lambda: Abs()))
 class Abs(Activation):
     """|z|: 1-Lipschitz and saturating in every p."""
 
@@ -155,13 +161,14 @@ class Abs(Activation):
         return jnp.abs(x)
 
 
+@register_layer(example=_example(lambda: GroupSort(3), 6))
 class GroupSort(Activation):
     """Sort groups of ``group_size`` contiguous features (descending): 1-Lipschitz, saturating."""
 
     saturating_p = ALL_P
 
     def __init__(self, group_size: int):
-        self.group_size = positive_int(group_size, "GroupSort", "group_size")
+        self.group_size = positive_int(group_size, "group_size", "GroupSort")
 
     def _check_width(self, d: int) -> None:
         if d % self.group_size:
@@ -175,6 +182,7 @@ class GroupSort(Activation):
         return group_sort(x, self.group_size)
 
 
+@register_layer(example=_example(lambda: MaxMin()))
 class MaxMin(Activation):
     """GroupSort with groups of 2, the pair (max, min): needs an even width."""
 
@@ -189,6 +197,7 @@ class MaxMin(Activation):
         return max_min(x)
 
 
+@register_layer(example=_example(lambda: FullSort()))
 class FullSort(Activation):
     """Sort all features of the last axis (one group): 1-Lipschitz, saturating."""
 
@@ -198,6 +207,7 @@ class FullSort(Activation):
         return full_sort(x)
 
 
+@register_layer(example=_example(lambda: PolyActivation((jnp.tanh, jnp.sin), (1.0, 1.0)), 3))
 class PolyActivation(Activation):
     """z ↦ (f₁(z), …, f_K(z)) per feature with user-declared Lipschitz constants L_k.
 
@@ -242,6 +252,7 @@ class PolyActivation(Activation):
         return poly_activation(x, self.fns)
 
 
+@register_layer(example=_example(lambda: CReLU(), 3))
 class CReLU(Activation):
     """(max(z,0), max(−z,0)): output 2·d features, 1-Lipschitz and saturating in every p."""
 
@@ -252,6 +263,7 @@ class CReLU(Activation):
         return crelu(x)
 
 
+@register_layer(example=_example(lambda: SinPoly(), 3))
 class SinPoly(Activation):
     """((z+sin z)/2, (z−sin z)/2): output 2·d features, 1-Lipschitz, saturating for p = 1 only."""
 
@@ -262,6 +274,7 @@ class SinPoly(Activation):
         return sin_poly(x)
 
 
+@register_layer(example=_example(lambda: CosSin(), 3))
 class CosSin(Activation):
     """(cos z, sin z): output 2·d; constants √2 (p=1), 1 (p=2, saturating), 1 (p=∞)."""
 

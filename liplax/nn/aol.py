@@ -41,9 +41,9 @@ from jax import lax
 
 from liplax import conv as conv_ops
 from liplax.guarantee import Bound, gamma, unit_roundoff
-from liplax.nn._base import check_p, shape_tuple
 from liplax.nn.conv import ConvBase, conv_bound
 from liplax.nn.dense import DenseBase, matrix_bound
+from liplax.nn.registry import register_layer
 from liplax.norms.scaling import pow2_scale
 
 _HI = lax.Precision.HIGHEST
@@ -127,31 +127,37 @@ def aol_conv(k: jax.Array) -> tuple[jax.Array, jax.Array]:
     return k * d[None, None, :, None], cert
 
 
+def _example_dense(rngs):
+    return AOLDense(3, 4, use_bias=True, rngs=rngs), (3,)
+
+
+def _example_conv(rngs):
+    return AOLConv(2, 3, 3, strides=2, rngs=rngs), (5, 5, 2)
+
+
+@register_layer(example=_example_dense)
 class AOLDense(DenseBase):
     """x ↦ x·diag(d)W (+ b): certified 1-Lipschitz in ℓ2 in closed form (see module docstring)."""
 
     def effective_kernel(self) -> jax.Array:
         return aol_dense(self.kernel[...])[0]
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         """ℓ2: min(AOL certificate, Gram bound of diag(d)W) (``upper``, ≤ 1 + rounding);
         ℓ1/ℓ∞: exact norms of diag(d)W."""
-        p = self._p(p)
-        self.output_shape(input_shape)
         w, cert = aol_dense(self.kernel[...])
         if p == 2:
             return Bound(jnp.minimum(cert, matrix_bound(w, 2, method="gram").value), "upper")
         return matrix_bound(w, p)
 
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
+    def _estimate(self, shape: tuple[int, ...], p: float) -> Bound:
         """ℓ2: the closed-form certificate alone (no Gram iteration); ℓ1/ℓ∞: the bound."""
-        p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
         if p == 2:
-            self.output_shape(input_shape)
             return Bound(aol_dense(self.kernel[...])[1], "upper")
-        return self.lipschitz_bound(input_shape, p=p)
+        return self._bound(shape, p)
 
 
+@register_layer(example=_example_conv)
 class AOLConv(ConvBase):
     """AOL convolution: input channels of k scaled by d; certified 1-Lipschitz in ℓ2 for every
     input size, padding and stride. ``input_size`` is optional (no power iteration is needed)."""
@@ -161,23 +167,19 @@ class AOLConv(ConvBase):
     def effective_kernel(self) -> jax.Array:
         return aol_conv(self.kernel[...])[0]
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         """ℓ2: min(AOL certificate, Gram bound of the scaled kernel's operator on this input)
         (``upper``); ℓ1/ℓ∞: bounds of the scaled kernel."""
-        p = self._p(p)
-        self.output_shape(input_shape)
         k, cert = aol_conv(self.kernel[...])
-        hw = shape_tuple(input_shape, self.layer_name)[:2]
+        hw = shape[:2]
         if p == 2:
             gram = conv_ops.gram_bound(k, hw, strides=self.strides, padding=self.padding).value
             return Bound(jnp.minimum(cert, gram), "upper")
         return conv_bound(k, hw, p, strides=self.strides, padding=self.padding)
 
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
+    def _estimate(self, shape: tuple[int, ...], p: float) -> Bound:
         """ℓ2: the closed-form certificate alone (no Gram iteration); ℓ1/ℓ∞: the bound."""
-        p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
         if p == 2:
-            self.output_shape(input_shape)
             return Bound(aol_conv(self.kernel[...])[1], "upper")
-        return self.lipschitz_bound(input_shape, p=p)
+        return self._bound(shape, p)
 

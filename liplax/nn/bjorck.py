@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from liplax import linalg
-from liplax.nn._base import positive_int
+from liplax._checks import positive_int
 from liplax.nn.dense import DenseBase
+from liplax.nn.registry import register_layer
 
 _HI = lax.Precision.HIGHEST
 COEFFS = {1: (1.5, -0.5), 2: (15.0 / 8.0, -5.0 / 4.0, 3.0 / 8.0)}
@@ -63,7 +64,7 @@ def bjorck(
     """
     if order not in COEFFS:
         raise ValueError(f"bjorck: order must be 1 or 2, got {order!r}")
-    num_iters = positive_int(num_iters, "bjorck", "num_iters")
+    num_iters = positive_int(num_iters, "num_iters", "bjorck")
     transpose = w.shape[0] < w.shape[1]
     a = w.T if transpose else w
     a = a / linalg.gram_bound(a, num_iters=scale_iters).value
@@ -80,6 +81,11 @@ def bjorck(
     return a.T if transpose else a
 
 
+def _example(rngs):
+    return BjorckDense(3, 4, use_bias=True, rngs=rngs), (3,)
+
+
+@register_layer(example=_example)
 class BjorckDense(DenseBase):
     """x ↦ x·bjorck(W) (+ b): an orthonormalized dense layer (1-Lipschitz in ℓ2 at convergence).
 
@@ -102,7 +108,7 @@ class BjorckDense(DenseBase):
         if order not in COEFFS:
             raise ValueError(f"BjorckDense: order must be 1 or 2, got {order!r}")
         self.order = order
-        self.num_iters = positive_int(num_iters, "BjorckDense", "num_iters")
+        self.num_iters = positive_int(num_iters, "num_iters", "BjorckDense")
         self.stop_gradient = bool(stop_gradient)
 
     def effective_kernel(self) -> jax.Array:

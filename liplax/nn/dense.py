@@ -12,6 +12,7 @@ training mode; Miyato et al., ICLR 2018) held in a :class:`~liplax.nn.PowerIterS
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +20,11 @@ from flax import nnx
 from jax import lax
 
 from liplax import linalg
+from liplax._checks import check_features, positive_int, shape_tuple
 from liplax.guarantee import Bound, exact_sum
-from liplax.nn._base import (
-    LipschitzModule,
-    PowerIterState,
-    check_features,
-    check_p,
-    positive_int,
-    shape_tuple,
-)
+from liplax.nn._base import LipschitzModule, PowerIterState
+from liplax.nn.build import effective_kernel, plain_linear
+from liplax.nn.registry import register_layer
 from liplax.norms.power import normalize
 from liplax.norms.scaling import scale, unscale
 
@@ -99,10 +96,6 @@ def power_sigma(w: jax.Array, u: jax.Array, num_iters: int = 1) -> tuple[jax.Arr
     return unscale(sigma, sc), lax.stop_gradient(normalize(z))
 
 
-def check_p_est(layer: LipschitzModule, p) -> float:
-    return check_p(p, f"{layer.layer_name}.lipschitz_estimate")
-
-
 def init_power_state(rngs: nnx.Rngs, shape: tuple[int, ...], dtype) -> PowerIterState:
     """A unit random vector (the power-iteration warm start), drawn from ``rngs.params()``."""
     v = jax.random.normal(rngs.params(), shape, dtype)
@@ -125,9 +118,9 @@ class DenseBase(LipschitzModule):
         rngs: nnx.Rngs,
     ):
         name = type(self).__name__
-        self.in_features = positive_int(in_features, name, "in_features")
-        self.out_features = positive_int(out_features, name, "out_features")
-        self.power_iters = positive_int(power_iters, name, "power_iters")
+        self.in_features = positive_int(in_features, "in_features", name)
+        self.out_features = positive_int(out_features, "out_features", name)
+        self.power_iters = positive_int(power_iters, "power_iters", name)
         self.use_bias = bool(use_bias)
         self.deterministic = False
         self.kernel = nnx.Param(
@@ -144,16 +137,9 @@ class DenseBase(LipschitzModule):
         """The matrix the layer applies (normalization folded in), without moving any state."""
         return self.kernel[...]
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         """Exact ℓp norm (SVD for p=2, abs sums for p=1, ∞) of the matrix actually applied."""
-        p = self._p(p)
-        self.output_shape(input_shape)
         return matrix_bound(self.effective_kernel(), p)
-
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
-        """The certified bound itself (layers without a cheaper estimate)."""
-        check_p(p, f"{self.layer_name}.lipschitz_estimate")
-        return self.lipschitz_bound(input_shape, p=p)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.apply_kernel(x, self._forward_kernel())
@@ -169,8 +155,21 @@ class DenseBase(LipschitzModule):
     def _forward_kernel(self) -> jax.Array:
         return self.effective_kernel()
 
-    def output_shape(self, input_shape) -> tuple[int, ...]:
-        return dense_output_shape(input_shape, self.in_features, self.out_features, self.layer_name)
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return dense_output_shape(shape, self.in_features, self.out_features, self.layer_name)
+
+    def to_plain(self):
+        """``nnx.Linear`` with the applied matrix (normalization folded in) and the bias."""
+        return plain_linear(effective_kernel(self), None if self.bias is None else self.bias[...])
+
+    def power_key(self, input_shape=None) -> tuple:
+        """(kernel shape and dtype, state dtype, ``power_iters``): what the step depends on."""
+        k, state = self.kernel[...], self.power_state[...]
+        return ("dense", k.shape, str(k.dtype), str(state.dtype), self.power_iters)
+
+    def power_step(self, kernels: jax.Array, states: jax.Array):
+        """``jax.vmap`` of :func:`power_sigma` over G stacked (in, out) kernels and states."""
+        return jax.vmap(partial(power_sigma, num_iters=self.power_iters))(kernels, states)
 
     def _power_sigma(self, w: jax.Array, update: bool) -> jax.Array:
         """One warm power-iteration value of ‖w‖₂ (an estimate from below), state moved if asked."""
@@ -180,6 +179,11 @@ class DenseBase(LipschitzModule):
         return sigma
 
 
+def _example(rngs: nnx.Rngs):
+    return Dense(3, 4, use_bias=True, rngs=rngs), (3,)
+
+
+@register_layer(example=_example, power="estimate")
 class Dense(DenseBase):
     """Free-weight dense layer x ↦ x W (+ b); bias off by default.
 
@@ -196,16 +200,12 @@ class Dense(DenseBase):
         super().__init__(in_features, out_features, **kw)
         self.method = check_method(method, "Dense")
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         """‖W‖_p of x ↦ x W: exact (SVD, norm_1, norm_inf) or Gram ``upper`` for p=2."""
-        p = self._p(p)
-        self.output_shape(input_shape)
         return matrix_bound(self.kernel[...], p, method=self.method)
 
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
+    def _estimate(self, shape: tuple[int, ...], p: float) -> Bound:
         """ℓ2: warm power iteration (``estimate``, moves the state in training mode); else exact."""
-        p = check_p_est(self, p)
-        self.output_shape(input_shape)
         if p != 2:
             return matrix_bound(self.kernel[...], p)
         return Bound(self._power_sigma(self.kernel[...], update=True), "estimate")

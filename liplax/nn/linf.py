@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from liplax.nn.dense import DenseBase
+from liplax.nn.registry import register_layer
 
 
 def project_l1_ball(w: jax.Array, radius: float = 1.0, axis: int = 0) -> jax.Array:
@@ -45,6 +46,11 @@ def project_l1_ball(w: jax.Array, radius: float = 1.0, axis: int = 0) -> jax.Arr
     return jnp.moveaxis(jnp.where(inside, v, proj), -1, axis)
 
 
+def _example(rngs):
+    return LinfDense(3, 4, use_bias=True, rngs=rngs), (3,)
+
+
+@register_layer(example=_example)
 class LinfDense(DenseBase):
     """x ↦ x·Π(W) (+ b), every column of W projected onto the unit ℓ1 ball: ‖·‖_{∞→∞} ≤ 1.
 

@@ -18,10 +18,13 @@ import math
 import jax
 from flax import nnx
 
+from liplax._checks import finite_number, pair
 from liplax.guarantee import Bound
-from liplax.nn._base import LipschitzModule, const_bound, pair, shape_tuple
+from liplax.nn._base import LipschitzModule, const_bound
+from liplax.nn.registry import register_layer
 
 
+@register_layer(example=lambda rngs: (Flatten(), (3, 2, 2)))
 class Flatten(LipschitzModule):
     """Flatten every axis after the first (batch) axis: (N, H, W, C) → (N, H·W·C). 1-Lipschitz."""
 
@@ -30,51 +33,43 @@ class Flatten(LipschitzModule):
             raise ValueError(f"Flatten: input needs a batch axis, got shape {tuple(x.shape)}")
         return x.reshape(x.shape[0], -1)
 
-    def output_shape(self, input_shape) -> tuple[int, ...]:
-        return (math.prod(shape_tuple(input_shape, "Flatten")),)
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (math.prod(shape),)
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        self._p(p)
-        self.output_shape(input_shape)
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         return const_bound(1.0, "exact")
 
 
+@register_layer(example=lambda rngs: (Scale(-2.5), (2, 3)))
 class Scale(LipschitzModule):
     """x ↦ a·x for a fixed Python number ``a``: constant |a| in every p (exact)."""
 
     def __init__(self, factor: float):
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(
-            factor
-        ):
-            raise ValueError(f"Scale: factor must be a finite Python number, got {factor!r}")
-        self.factor = float(factor)
+        self.factor = finite_number(factor, "factor", "Scale")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.factor
 
-    def output_shape(self, input_shape) -> tuple[int, ...]:
-        return shape_tuple(input_shape, "Scale")
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        self._p(p)
-        self.output_shape(input_shape)
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         return const_bound(abs(self.factor), "exact")
 
 
 class _Pool(LipschitzModule):
     def __init__(self, window, strides=None):
         name = type(self).__name__
-        self.window = pair(window, name, "window")
-        self.strides = self.window if strides is None else pair(strides, name, "strides")
+        self.window = pair(window, "window", name)
+        self.strides = self.window if strides is None else pair(strides, "strides", name)
 
     @property
     def overlap(self) -> int:
         (kh, kw), (sh, sw) = self.window, self.strides
         return math.ceil(kh / sh) * math.ceil(kw / sw)
 
-    def output_shape(self, input_shape) -> tuple[int, ...]:
+    def _output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         name = self.layer_name
-        shape = shape_tuple(input_shape, name)
         if len(shape) != 3:
             raise ValueError(f"{name}: input_shape must be (H, W, C) for one example, got {shape}")
         out = []
@@ -89,6 +84,7 @@ class _Pool(LipschitzModule):
             raise ValueError(f"{self.layer_name}: input must be NHWC (rank 4), got {x.shape}")
 
 
+@register_layer(example=lambda rngs: (AvgPool(2, strides=1), (3, 4, 2)))
 class AvgPool(_Pool):
     """Average over ``window`` (int or pair) with ``strides`` (default: the window), VALID."""
 
@@ -96,9 +92,7 @@ class AvgPool(_Pool):
         self._check_input(x)
         return nnx.avg_pool(x, self.window, strides=self.strides, padding="VALID")
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        p = self._p(p)
-        self.output_shape(input_shape)
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         area, c = self.window[0] * self.window[1], self.overlap
         kind = "exact" if c == 1 else "upper"
         if p == math.inf:
@@ -108,6 +102,7 @@ class AvgPool(_Pool):
         return const_bound(math.sqrt(c / area), kind)
 
 
+@register_layer(example=lambda rngs: (MaxPool((2, 3), strides=(2, 1)), (4, 4, 1)))
 class MaxPool(_Pool):
     """Maximum over ``window`` (int or pair) with ``strides`` (default: the window), VALID."""
 
@@ -115,9 +110,7 @@ class MaxPool(_Pool):
         self._check_input(x)
         return nnx.max_pool(x, self.window, strides=self.strides, padding="VALID")
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
-        p = self._p(p)
-        self.output_shape(input_shape)
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         c = self.overlap
         kind = "exact" if c == 1 else "upper"
         if p == math.inf:

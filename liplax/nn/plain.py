@@ -38,8 +38,9 @@ from flax.nnx.nn import dtypes as nnx_dtypes
 from jax import lax
 
 from liplax import conv as conv_ops
+from liplax._checks import check_p, pair, shape_tuple
 from liplax.guarantee import Bound
-from liplax.nn._base import check_p, const_bound, pair, shape_tuple
+from liplax.nn._base import const_bound
 from liplax.nn.conv import conv_bound
 from liplax.nn.dense import dense_output_shape, matrix_bound
 
@@ -225,7 +226,7 @@ def _conv_config(layer: nnx.Conv) -> tuple[jax.Array, tuple[int, int], object]:
             "nnx.Conv: feature_group_count must be 1 to be bounded, got "
             f"{layer.feature_group_count}"
         )
-    strides = pair(1 if layer.strides is None else layer.strides, "nnx.Conv", "strides")
+    strides = pair(1 if layer.strides is None else layer.strides, "strides", "nnx.Conv")
     padding = layer.padding
     if isinstance(padding, str):
         if padding not in _CONV_PADDINGS:

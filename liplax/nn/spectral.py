@@ -3,7 +3,7 @@ r"""Spectrally normalized layers: the weight divided by a power-iteration estima
 ``SpectralDense`` applies x ↦ x W/σ̂ and ``SpectralConv`` x ↦ (k/σ̂) ⋆ x, where σ̂ = ‖A u‖ for the
 warm-started unit vector u held in a :class:`~liplax.nn.PowerIterState` (Miyato, Kataoka, Koyama,
 Yoshida, *Spectral Normalization for GANs*, ICLR 2018). For ``SpectralConv`` the power iteration
-runs on the real operator (the layer's own padding and stride, DESIGN.md §4).
+runs on the real operator (the layer's own padding and stride, docs/design.md §spectral).
 
 - Training mode (``deterministic=False``): each call does ``power_iters`` steps from the stored
   u, stores the new u and divides by σ̂ (gradient through σ̂ with u held fixed).
@@ -45,11 +45,12 @@ from jax import lax
 
 from liplax import _checks
 from liplax import conv as conv_ops
+from liplax._checks import positive_int
 from liplax.guarantee import Bound, exact_margin, gamma, unit_roundoff
-from liplax.nn._base import check_p, const_bound, positive_int, shape_tuple
-from liplax.nn.conv import ConvBase, conv_bound
+from liplax.nn._base import const_bound
+from liplax.nn.conv import ConvBase, conv_batch, conv_bound
 from liplax.nn.dense import DenseBase, check_method, matrix_bound
-from liplax.norms.operator import circular_pads
+from liplax.nn.registry import register_layer
 from liplax.norms.power import normalize
 from liplax.norms.scaling import pow2_scale
 
@@ -73,37 +74,6 @@ def normalized(w: jax.Array, sigma: jax.Array) -> jax.Array:
     """w/σ̂, and w itself where σ̂ = 0 (0/0 would be NaN): the one division of the training-mode
     forward, shared by the per-layer path and :func:`liplax.grouped.grouped_call`."""
     return w / jnp.where(sigma > 0, sigma, jnp.ones_like(sigma))
-
-
-def conv_batch(kernels: jax.Array, v: jax.Array, strides, pads) -> jax.Array:
-    r"""(A_g v_g)_g for G kernels (G, kh, kw, in, out) and G inputs (G, H, W, in).
-
-    The layer's cross-correlation y[i, j, o] = Σ_{p,q,c} x_pad[s_h i + p, s_w j + q, c] k[p, q,
-    c, o] (``pads`` resolved by :func:`liplax._checks.padding`: zero (lo, hi) pairs or flax's
-    wrapped ``"CIRCULAR"``), written as one batched matrix product of the kh·kw shifted strided
-    views ("im2col") with the kernels: (G, H'W', kh·kw·in) @ (G, kh·kw·in, out). A batched
-    ``lax.conv_general_dilated`` over per-item kernels becomes a grouped convolution, which XLA's
-    CPU backend runs several times slower than the per-layer convolutions
-    (``benchmarks/grouped.py``); the batched product does not. Each output is one inner
-    product of kh·kw·in terms at full precision, so its rounding error is within γ_T of the
-    exact sum (Higham §3.1) whatever the backend's convolution algorithm would have been.
-    """
-    g, kh, kw, cin, cout = kernels.shape
-    if pads == "CIRCULAR":
-        cp = circular_pads((kh, kw))
-        v = jnp.pad(v, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
-    else:
-        v = jnp.pad(v, ((0, 0), pads[0], pads[1], (0, 0)))
-    (sh, sw), (hp, wp) = strides, v.shape[1:3]
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    cols = [
-        v[:, p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw, :]
-        for p in range(kh)
-        for q in range(kw)
-    ]
-    patches = jnp.stack(cols, axis=3)  # (G, H', W', kh·kw, in)
-    k = kernels.reshape(g, kh * kw, cin, cout)
-    return jnp.einsum("gijtc,gtco->gijo", patches, k, precision=lax.Precision.HIGHEST)
 
 
 class SigmaHat:
@@ -191,14 +161,22 @@ class _SpectralNormalized:
         k = sh.kernel(self.kernel[...])
         return sh.certify(bound_fn(k), k, p)
 
-    def lipschitz_estimate(self, input_shape, *, p=2) -> Bound:
-        p = check_p(p, f"{self.layer_name}.lipschitz_estimate")
+    def _estimate(self, shape: tuple[int, ...], p: float) -> Bound:
         if p != 2:
-            return self.lipschitz_bound(input_shape, p=p)
-        self.output_shape(input_shape)
+            return self._bound(shape, p)
         return const_bound(1.0, "estimate")
 
 
+def _example_dense(rngs):
+    return SpectralDense(3, 4, use_bias=True, rngs=rngs), (3,)
+
+
+def _example_conv(rngs):
+    return SpectralConv(2, 2, 3, input_size=(4, 4), padding="CIRCULAR", init_iters=20,
+                        rngs=rngs), (4, 4, 2)
+
+
+@register_layer(example=_example_dense, power="forward")
 class SpectralDense(_SpectralNormalized, DenseBase):
     """x ↦ x W/σ̂ (+ b), σ̂ a warm power-iteration estimate of ‖W‖₂ (see the module docstring).
 
@@ -228,14 +206,13 @@ class SpectralDense(_SpectralNormalized, DenseBase):
         n, m = a.shape
         return SigmaHat(c, _norm2(y), _norm2(y_abs), (n, m, n))
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         """``upper`` ℓp norm of the inference-mode map in every program (module docstring;
         ≈ 1 for p=2 once u has converged)."""
-        p = self._p(p)
-        self.output_shape(input_shape)
         return self._certify(p, lambda k: matrix_bound(k, p, method=self.method))
 
 
+@register_layer(example=_example_conv, power="forward")
 class SpectralConv(_SpectralNormalized, ConvBase):
     """x ↦ (k/σ̂) ⋆ x (+ b), σ̂ a warm power iteration on the real convolution operator.
 
@@ -246,7 +223,7 @@ class SpectralConv(_SpectralNormalized, ConvBase):
 
     def __init__(self, *args, init_iters: int = 100, **kw):
         super().__init__(*args, **kw)
-        iters = positive_int(init_iters, "SpectralConv", "init_iters")
+        iters = positive_int(init_iters, "init_iters", "SpectralConv")
         _, v = conv_ops.power_iteration(
             self.kernel[...], self.input_size, self.power_state[...], strides=self.strides,
             padding=self.padding, num_iters=iters,
@@ -265,11 +242,9 @@ class SpectralConv(_SpectralNormalized, ConvBase):
         taps = kc.shape[0] * kc.shape[1] * kc.shape[2]
         return SigmaHat(c, _norm2(y), _norm2(y_abs), (uh.size, y.size, taps))
 
-    def lipschitz_bound(self, input_shape, *, p=2) -> Bound:
+    def _bound(self, shape: tuple[int, ...], p: float) -> Bound:
         """``upper`` ℓp constant of the inference-mode map on ``input_shape`` = (H, W, C)."""
-        p = self._p(p)
-        self.output_shape(input_shape)
-        hw = shape_tuple(input_shape, self.layer_name)[:2]
+        hw = shape[:2]
         return self._certify(
             p, lambda k: conv_bound(k, hw, p, strides=self.strides, padding=self.padding)
         )

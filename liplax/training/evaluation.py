@@ -106,10 +106,9 @@ def make_evaluator(run):
 
 
 def _layers(model) -> list:
-    from liplax.nn.containers import _children
+    from liplax.nn.walk import top_level
 
-    kids = _children(model)
-    return [model] if kids is None else kids
+    return [node.layer for node in top_level(model)]
 
 
 def _pnorm(t: jax.Array, p: float) -> jax.Array:

@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from liplax._checks import check_p
 from liplax.guarantee import Bound, gamma
-from liplax.nn import check_p
 from liplax.verify.adapters import weights_from_list
 
 EXTRA_HINT = "pip install 'liplax[verify]'"

@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from liplax.nn import check_p
+from liplax._checks import check_p
 from liplax.verify._common import (
     SolverError,
     TooLarge,

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from liplax.nn import check_p
+from liplax._checks import check_p
 from liplax.verify._common import SolverError, TooLarge, VerifierResult, as_bound, require
 from liplax.verify.adapters import check_chain, weights_from_list
 
