@@ -10,6 +10,8 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.certify`: certified radius and accuracy, empirical lower bounds, tightness.
 - :mod:`liplax.verify` (optional ``verify`` extra): LipSDP, LiPopt and exact constants of small
   networks.
+- :mod:`liplax.traced`: :func:`lipschitz_bound` of any JAX function or Flax NNX module, read
+  from its jaxpr equation by equation.
 - :mod:`liplax.sweep`: one bound operator over a batch of weights or kernels (vmap, chunks, mesh);
   the bounds of many checkpoints of one architecture (``model_sweep``).
 
@@ -23,19 +25,20 @@ import sys
 import types
 
 __all__ = [
-    "Bound", "compose", "require_certified", "bounds", "certify", "conv", "linalg",
-    "model_sweep", "nn", "sweep",
+    "Bound", "compose", "lipschitz_bound", "require_certified", "bounds", "certify", "conv",
+    "linalg", "model_sweep", "nn", "sweep", "traced",
 ]
 __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({
     "bounds", "certify", "checkpoint", "cli", "configs", "conv", "data", "grouped", "guarantee",
-    "linalg", "losses", "nn", "report", "sweep_cli", "train", "verify",
+    "linalg", "losses", "nn", "report", "sweep_cli", "train", "traced", "verify",
 })
 _NAMES = {
     "Bound": "liplax.guarantee", "compose": "liplax.guarantee",
     "require_certified": "liplax.guarantee",
     "sweep": "liplax.sweep", "model_sweep": "liplax.sweep",
+    "lipschitz_bound": "liplax.traced",
 }
 
 
