@@ -12,6 +12,7 @@ r"""Rules for structural primitives: moves, copies, sums and maxima of entries, 
   equality on constant Δ, over disjoint groups: factor k^{1−1/p}. A mean is this sum divided by
   the constant k (the ``div`` rule): k^{−1/p}. ``reduce_max``/``reduce_min``:
   |max_j a_j − max_j b_j| ≤ max_j |a_j − b_j| ≤ the group's ℓp norm, groups disjoint: factor 1.
+- ``split``: disjoint subsets, 1 each; ``cumsum`` over n entries: n; ``sort`` of one array: 1.
 - ``reduce_window_sum`` (sum/average pooling, any window, stride, padding, dilation): the
   matrix A of 0/1 entries has ‖A‖_∞ = the most input entries in one window and ‖A‖_1 = the
   most windows containing one entry (both counted exactly by applying the window sum, and its
@@ -80,10 +81,33 @@ def broadcast_rule(ctx, eqn, ins):
     return [ins[0] if m <= 1 else times(ins[0], root_factor(m, ctx.p))]
 
 
-@register("concatenate")
+@register("concatenate", "stack")
 def concatenate_rule(ctx, eqn, ins):
     """Disjoint parts: (Σ_i L_i^p)^{1/p} over the dependent ones."""
     return [dep_pnorm([v for v in ins if isinstance(v, Dep)], ctx.p)]
+
+
+@register("split")
+def split_rule(ctx, eqn, ins):
+    """Disjoint subsets of the entries: factor 1 each."""
+    return [ins[0] for _ in eqn.outvars]
+
+
+@register("cumsum")
+def cumsum_rule(ctx, eqn, ins):
+    """Running sums of n entries: a triangular 0/1 matrix with row and column sums ≤ n, so
+    ‖A‖_1 = ‖A‖_∞ = n and ‖A‖_2 ≤ n (Riesz–Thorin): factor n."""
+    n = int(eqn.invars[0].aval.shape[eqn.params["axis"]])
+    return [times(ins[0], constant_factor(float(n)))]
+
+
+@register("sort")
+def sort_rule(ctx, eqn, ins):
+    """Sorting one array: nonexpansive in every ℓp (Σ_i |x_(i) − y_(i)|^p ≤ Σ_i |x_i − y_i|^p,
+    Hardy–Littlewood–Pólya, *Inequalities*, §10.2): factor 1. Sorting by keys is refused."""
+    if len(ins) != 1:
+        raise refuse(eqn, "sorting several arrays by keys is not modelled")
+    return [times(ins[0], constant_factor(1.0))]
 
 
 @register("dynamic_update_slice")

@@ -27,6 +27,18 @@ from liplax.traced._lip import Const, Dep, Taint
 
 RULES: dict[str, Callable] = {}
 
+#: calls whose bodies are walked with tainted inputs (the refusal names the real consumer).
+CALLS = frozenset({
+    "jit", "pjit", "closed_call", "core_call", "remat2", "remat", "checkpoint",
+    "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
+})
+#: primitives that move or convert a tainted value without arithmetic: the output is tainted.
+TAINT_PASSING = frozenset({
+    "convert_element_type", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor",
+    "reshape", "transpose", "squeeze", "expand_dims", "broadcast_in_dim", "slice", "rev",
+    "concatenate", "copy", "copy_p",
+})
+
 
 def register(*names: str):
     """Decorator: ``rule`` bounds the primitives ``names``."""
@@ -115,7 +127,13 @@ def propagate(ctx: Ctx, jaxpr, consts: list, ins: list) -> list:
                 env[outvar] = val
                 i += n
                 continue
-            for v in vals:
+            taints = [v for v in vals if isinstance(v, Taint)]
+            if taints and eqn.primitive.name in TAINT_PASSING:
+                for var in eqn.outvars:
+                    env[var] = taints[0]
+                i += 1
+                continue
+            for v in vals if eqn.primitive.name not in CALLS else ():
                 if isinstance(v, Taint):
                     raise refuse(
                         eqn,

@@ -1,0 +1,451 @@
+"""liplax.traced: each rule against the float64 Jacobian, refusals, and agreement with the
+layer-based bound (issue 14)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+import liplax
+from liplax.bounds import log_trivial_bound, trivial_bound
+from liplax.guarantee import Bound, exact_margin
+from liplax.traced import bounded, lipschitz_bound, log_bound
+from liplax.traced._constants import sup_derivative
+from tests.traced_helpers import PS, induced_norm, jac_norm, jacobian64, max_jac_norm
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape, scale=1.0):
+    return jnp.asarray(RNG.normal(size=shape) * scale, jnp.float32)
+
+
+def _points(shape, n=4, scale=2.0, seed=0):
+    r = np.random.default_rng(seed)
+    return [np.asarray(r.normal(size=shape) * scale, np.float32) for _ in range(n)]
+
+
+def _bound(f, x, p):
+    """The bound as a number ≥ the truth: an ``exact`` value may sit 64u below it (its
+    documented margin, liplax.guarantee.EXACT_ULPS), which certification accounts for."""
+    b = lipschitz_bound(f, jnp.asarray(x), p=p)
+    assert b.kind in ("exact", "upper")
+    value = float(b.value)
+    return value * (1 + exact_margin(jnp.float32)) if b.kind == "exact" else value
+
+
+def _check_linear(f, x, p, rtol=1e-4):
+    """For a linear f the bound is ≥ and within rtol of the materialized operator norm."""
+    truth = jac_norm(f, x, p)
+    got = _bound(f, x, p)
+    assert got >= truth, (got, truth)
+    assert got <= truth * (1 + rtol) + 1e-30, (got, truth)
+
+
+# ------------------------------------------------------------------------------------------
+# Elementwise constants.
+# ------------------------------------------------------------------------------------------
+
+ACTS = {
+    "tanh": (jnp.tanh, 1.0), "sigmoid": (jax.nn.sigmoid, 0.25), "sin": (jnp.sin, 1.0),
+    "cos": (jnp.cos, 1.0), "atan": (jnp.arctan, 1.0), "asinh": (jnp.arcsinh, 1.0),
+    "erf": (jax.scipy.special.erf, 2 / math.sqrt(math.pi)), "abs": (jnp.abs, 1.0),
+    "neg": (lambda x: -x, 1.0), "relu": (jax.nn.relu, 1.0), "relu6": (jax.nn.relu6, 1.0),
+    "clip": (lambda x: jnp.clip(x, -0.5, 0.7), 1.0),
+    "gelu_tanh": (jax.nn.gelu, sup_derivative("gelu_tanh")),
+    "gelu": (lambda x: jax.nn.gelu(x, approximate=False), sup_derivative("gelu")),
+    "silu": (jax.nn.silu, sup_derivative("silu")), "softplus": (jax.nn.softplus, 1.0),
+    "log_sigmoid": (jax.nn.log_sigmoid, 1.0), "soft_sign": (jax.nn.soft_sign, 1.0),
+    "hard_tanh": (jax.nn.hard_tanh, 1.0), "hard_silu": (jax.nn.hard_silu, 1.5),
+    "selu": (jax.nn.selu, 1.0507009873554805 * 1.6732632423543772),
+    "elu": (jax.nn.elu, 1.0), "elu_a": (lambda x: jax.nn.elu(x, 2.5), 2.5),
+    "elu_small": (lambda x: jax.nn.elu(x, 0.3), 1.0),
+    "leaky": (jax.nn.leaky_relu, 1.0), "leaky_a": (lambda x: jax.nn.leaky_relu(x, -1.7), 1.7),
+    "celu": (jax.nn.celu, 1.0), "celu_a": (lambda x: jax.nn.celu(x, 0.4), 1.0),
+    "nnx_gelu": (nnx.gelu, sup_derivative("gelu_tanh")), "nnx_swish": (nnx.swish, None),
+}
+
+
+def _sup_abs_derivative(fn) -> float:
+    s = np.linspace(-12.0, 12.0, 480_001)
+    with jax.enable_x64(True):
+        d = jax.vmap(jax.grad(lambda t: fn(t)))(jnp.asarray(s, jnp.float64))
+    return float(np.max(np.abs(np.asarray(d))))
+
+
+@pytest.mark.parametrize("name", sorted(ACTS))
+def test_activation_constant_is_sup_derivative(name):
+    """The bound of φ applied entrywise is sup|φ'| (float64 grid search), from above and tight."""
+    fn, _ = ACTS[name]
+    truth = _sup_abs_derivative(fn)
+    for p in PS:
+        got = _bound(fn, np.zeros(3, np.float32), p)
+        assert got >= truth
+        assert got <= truth * (1 + 2e-4) + 1e-6, (name, got, truth)
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu"])
+def test_interval_constants_cover_float64_search(name):
+    fns = {"gelu": ACTS["gelu"][0], "gelu_tanh": ACTS["gelu_tanh"][0], "silu": ACTS["silu"][0]}
+    truth = _sup_abs_derivative(fns[name])
+    assert truth <= sup_derivative(name) <= truth * (1 + 1e-4)
+
+
+def test_activation_recognized_by_structure_not_name():
+    """A jitted function named like an activation that computes a product is refused; a gelu
+    with a changed constant is not trusted (and refused: it cubes the input)."""
+
+    @jax.jit
+    def gelu(x):
+        return x * jax.nn.sigmoid(2.0 * x)
+
+    with pytest.raises(ValueError, match="'mul'"):
+        lipschitz_bound(gelu, jnp.ones(3))
+
+    def fake(x):
+        return 0.5 * x * (1 + jnp.tanh(0.8 * (x + 0.05 * x**3)))
+
+    with pytest.raises(ValueError, match="integer_pow"):
+        lipschitz_bound(fake, jnp.ones(3))
+
+
+# ------------------------------------------------------------------------------------------
+# Linear primitives.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", PS)
+def test_dot_general_variants_match_operator_norm(p):
+    w, v, b, t = _w(5, 4), _w(3, 5, 2), _w(2, 3, 5), _w(2, 5, 3)
+    x = np.asarray(_w(2, 5))
+    _check_linear(lambda x: x @ w, x, p)
+    _check_linear(lambda x: w.T @ x.T, x, p)  # x as the right operand
+    _check_linear(lambda x: jnp.einsum("bij,bj->bi", b, x), x, p)  # batch dims
+    _check_linear(lambda x: jnp.einsum("kij,ki->kj", v, jnp.stack([x[0], x[1], x[0]])), x, p,
+                  rtol=1.0)  # stacking copies x[0] twice: a looser (sound) bound
+    _check_linear(lambda x: jnp.tensordot(x, t, axes=([0, 1], [0, 1])), x, p)
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("case", ["nhwc", "nchw", "stride", "dilate", "lhs_dilate", "groups",
+                                  "conv1d", "negpad", "conv3d"])
+def test_conv_variants_bound_operator_norm(case, p):
+    """Canonical 2-D convs (liplax.conv) and every other configuration (Riesz–Thorin): ≥ the
+    materialized operator norm; the ℓ1/ℓ∞ induced norms are exact."""
+    cfg = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)),
+               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    shape, kshape = (1, 6, 6, 2), (3, 3, 2, 3)
+    if case == "nchw":
+        shape, kshape = (1, 2, 6, 6), (3, 2, 3, 3)
+        cfg["dimension_numbers"] = ("NCHW", "OIHW", "NCHW")
+    elif case == "stride":
+        cfg.update(window_strides=(2, 1), padding=((0, 1), (2, 0)))
+    elif case == "dilate":
+        cfg["rhs_dilation"] = (2, 1)
+    elif case == "lhs_dilate":
+        cfg["lhs_dilation"] = (2, 2)
+    elif case == "groups":
+        shape, kshape = (1, 6, 6, 4), (3, 3, 2, 6)
+        cfg["feature_group_count"] = 2
+    elif case == "conv1d":
+        shape, kshape = (2, 7, 2), (3, 2, 3)
+        cfg.update(window_strides=(1,), padding=((1, 2),), dimension_numbers=("NWC", "WIO", "NWC"))
+    elif case == "negpad":
+        cfg["padding"] = ((-1, 1), (1, 0))
+    elif case == "conv3d":
+        shape, kshape = (1, 3, 4, 4, 2), (2, 2, 2, 2, 2)
+        cfg.update(window_strides=(1, 1, 1), padding=((0, 1),) * 3,
+                   dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    k = _w(*kshape)
+
+    def f(x):
+        return lax.conv_general_dilated(x, k.astype(x.dtype), precision="highest", **cfg)
+
+    x = np.asarray(_w(*shape))
+    truth = jac_norm(f, x, p)
+    got = _bound(f, x, p)
+    assert got >= truth
+    generic = case not in ("nhwc", "nchw", "stride")
+    if p != 2 or not generic:
+        assert got <= truth * 1.02, (got, truth)
+
+
+# ------------------------------------------------------------------------------------------
+# Structural primitives and combinations.
+# ------------------------------------------------------------------------------------------
+
+STRUCT = {
+    "broadcast": lambda x: jnp.broadcast_to(x, (3, *x.shape)),
+    "sum_axis": lambda x: x.sum(axis=1),
+    "mean": lambda x: x.mean(axis=0),
+    "concat": lambda x: jnp.concatenate([x, 2.0 * x, jnp.ones_like(x)]),
+    "moves": lambda x: jnp.pad(x.T.reshape(-1)[1:7], (2, 1)),
+    "residual": lambda x: x + 0.5 * jnp.roll(x, 1),
+    "select_swap": lambda x: jnp.where(jnp.arange(4) < 2, x.reshape(-1)[:4],
+                                       x.reshape(-1)[:4][::-1]),
+    "scale": lambda x: x * jnp.asarray([1.0, -3.0, 0.5]),
+    "div": lambda x: x / jnp.asarray([2.0, 4.0, -8.0]),
+    "update_slice": lambda x: lax.dynamic_update_slice(jnp.zeros((4, 3)), 2 * x[:2], (1, 0)),
+}
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("name", sorted(STRUCT))
+def test_structural_linear_maps(name, p):
+    """Linear structural maps: ≥ the operator norm and equal to it (they are tight)."""
+    x = np.asarray(_w(4, 3))
+    rtol = 1e-4 if name not in ("residual",) else 1.0
+    _check_linear(STRUCT[name], x, p, rtol=rtol)
+
+
+_W3, _W33, _W3C = _w(3, 3), _w(3, 3, scale=0.9), _w(3, 3)
+
+
+def _sin_jvp():
+    f = jax.custom_jvp(jnp.sin)
+    f.defjvp(lambda primals, tangents: (jnp.sin(primals[0]), jnp.cos(primals[0]) * tangents[0]))
+    return f
+
+
+NONLIN = {
+    "reduce_max": lambda x: x.max(axis=1),
+    "max_two": lambda x: jnp.maximum(x, x[::-1] @ _W3),
+    "maxpool": lambda x: nnx.max_pool(x, (2, 2), (1, 1), padding="SAME"),
+    "avgpool": lambda x: nnx.avg_pool(x, (3, 2), (2, 1), padding="SAME"),
+    "sort_split_cumsum": lambda x: jnp.sort(x, axis=0)[:2] + jnp.split(jnp.cumsum(x, 0), 2)[1],
+    "minpool": lambda x: -lax.reduce_window(-x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 2, 1),
+                                             "VALID"),
+    "scan": lambda x: lax.fori_loop(0, 3, lambda i, c: jnp.tanh(c @ _W33), x),
+    "scan_ys": lambda x: lax.scan(lambda c, xi: (c + xi, jnp.sin(c)), x[0], x)[1],
+    "cond": lambda x: lax.cond(True, lambda y: y @ _W3C, lambda y: 2.0 * y, x),
+    "remat_jvp": lambda x: jax.checkpoint(jnp.tanh)(x) + _sin_jvp()(x),
+}
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("name", sorted(NONLIN))
+def test_nonlinear_rules_bound_jacobian(name, p):
+    shape = (1, 5, 4, 2) if "pool" in name else (4, 3)
+    f = NONLIN[name]
+    xs = _points(shape, n=6)
+    got = _bound(f, xs[0], p)
+    assert got >= max_jac_norm(f, xs, p)
+
+
+def test_select_with_constant_predicate_is_not_max_of_cases():
+    """Taking x on some entries and a permutation of x on the others has constant √2 in ℓ2."""
+    f = STRUCT["select_swap"]
+    truth = jac_norm(f, np.ones((4, 3), np.float32), 2)
+    assert truth == pytest.approx(math.sqrt(2.0))
+    assert _bound(f, np.ones((4, 3), np.float32), 2) >= truth
+
+
+def test_identity_and_constant_functions():
+    assert float(lipschitz_bound(lambda x: x, jnp.ones(3)).value) == 1.0
+    b = lipschitz_bound(lambda x: jnp.ones(4) * 2.0, jnp.ones(3))
+    assert (float(b.value), b.kind) == (0.0, "exact")
+
+
+# ------------------------------------------------------------------------------------------
+# Refusals: each names the primitive and the user's line.
+# ------------------------------------------------------------------------------------------
+
+REFUSED = {
+    "mul": lambda x: x * x,
+    "div": lambda x: 1.0 / (2.0 + x),
+    "exp": lambda x: jnp.exp(x), "log": lambda x: jnp.log(x), "sqrt": lambda x: jnp.sqrt(x),
+    "rsqrt": lambda x: lax.rsqrt(x),
+    "integer_pow": lambda x: x**3, "pow": lambda x: x ** jnp.float32(1.5),
+    "sign": lambda x: jnp.sign(x) * 2.0,
+    "floor": lambda x: jnp.floor(x) + 1.0,
+    "round": lambda x: jnp.round(x) + 1.0,
+    "select_n": lambda x: jnp.where(x > 0, x, 0.0),
+    "while": lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2),
+                                      (0, x))[1],
+    "cond": lambda x: lax.cond(x.sum() > 0, lambda y: y, lambda y: -y, x),
+    "convert_element_type": lambda x: x.astype(jnp.bfloat16).astype(jnp.float32),
+    "dot_general": lambda x: x @ x.T,
+    "conv_general_dilated": lambda x: lax.conv_general_dilated(x[None, None], x[None, None],
+                                                               (1, 1), "SAME"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unsupported_primitive_error_names_primitive_and_line(name):
+    with pytest.raises(ValueError) as e:
+        lipschitz_bound(REFUSED[name], jnp.ones((3, 3)))
+    msg = str(e.value)
+    assert f"'{name}'" in msg
+    assert "test_traced.py:" in msg
+
+
+def test_division_by_a_constant_zero_is_refused():
+    with pytest.raises(ValueError, match="zero entry"):
+        lipschitz_bound(lambda x: x / jnp.asarray([1.0, 0.0, 2.0]), jnp.ones(3))
+
+
+def test_batchnorm_training_mode_refused_and_eval_mode_bounded():
+    bn = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="'mul'|'rsqrt'|'integer_pow'|'square'"):
+        lipschitz_bound(bn, jnp.ones((4, 3)))
+    bn.eval()
+    bn.var[...] = jnp.asarray([4.0, 0.25, 1.0])
+    f = lambda x: bn(x)  # noqa: E731
+    x = np.asarray(_w(4, 3))
+    for p in PS:
+        _check_linear(f, x, p)
+
+
+def test_dropout_eval_is_identity():
+    model = nnx.Sequential(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), nnx.Dropout(0.5, rngs=nnx.Rngs(1)))
+    model.eval()
+    assert float(lipschitz_bound(model, jnp.ones((1, 3))).value) == pytest.approx(
+        float(trivial_bound(model.layers[0], (3,)).value))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="example_input"):
+        lipschitz_bound(jnp.sin, jnp.ones(3, jnp.int32))
+    with pytest.raises(ValueError, match="p must be"):
+        lipschitz_bound(jnp.sin, jnp.ones(3), p=3)
+    with pytest.raises(ValueError, match="one array"):
+        lipschitz_bound(lambda x: (x, x), jnp.ones(3))
+
+
+# ------------------------------------------------------------------------------------------
+# Agreement with the layer-based bound, rounding, penalty, certification, regions.
+# ------------------------------------------------------------------------------------------
+
+
+def _mlp():
+    return nnx.Sequential(nnx.Linear(4, 6, rngs=nnx.Rngs(0)), nnx.relu,
+                          nnx.Linear(6, 5, rngs=nnx.Rngs(1)), nnx.relu,
+                          nnx.Linear(5, 3, rngs=nnx.Rngs(2)))
+
+
+def _cnn():
+    return nnx.Sequential(nnx.Conv(2, 3, (3, 3), rngs=nnx.Rngs(0)), nnx.relu,
+                          nnx.Conv(3, 2, (3, 3), strides=2, padding="VALID", rngs=nnx.Rngs(1)))
+
+
+@pytest.mark.parametrize("p", PS)
+def test_same_value_as_layer_based_bound(p):
+    mlp, cnn = _mlp(), _cnn()
+    assert float(lipschitz_bound(mlp, jnp.ones((1, 4)), p=p).value) == float(
+        trivial_bound(mlp, (4,), p=p).value)
+    got = float(lipschitz_bound(cnn, jnp.ones((1, 7, 7, 2)), p=p).value)
+    want = float(trivial_bound(cnn, (7, 7, 2), p=p).value)
+    assert got == pytest.approx(want, rel=2e-6)  # the same factors; XLA fusion rounds Gram
+
+
+def test_rounding_tight_chain_stays_above_truth():
+    """Rank-1 layers whose singular directions line up: Π‖W_l‖ = ‖W_L⋯W_1‖ (tight)."""
+    u = np.asarray(RNG.normal(size=6))
+    u /= np.linalg.norm(u)
+    ws = [jnp.asarray(np.outer(u, u) * s, jnp.float32) for s in (3.1, 0.7, 1.9, 2.3)]
+
+    def f(x):
+        for w in ws:
+            x = x @ w
+        return x
+
+    for p in PS:
+        assert _bound(f, np.ones(6, np.float32), p) >= jac_norm(f, np.ones(6, np.float32), p)
+
+
+def test_non_finite_and_tiny_parameters():
+    w = np.ones((3, 3), np.float32)
+    w[0, 0] = np.nan
+    assert not np.isfinite(float(lipschitz_bound(lambda x: x @ w, jnp.ones(3)).value))
+    tiny = jnp.full((3, 3), 1e-40, jnp.float32)  # subnormal: never a bound of 0
+    for p in PS:
+        v = float(lipschitz_bound(lambda x: jnp.tanh(x @ tiny) @ tiny, jnp.ones(3), p=p).value)
+        assert v > 0
+
+
+def test_penalty_differentiable_in_jitted_optax_loop_matches_layer_penalty():
+    import optax
+
+    model = _mlp()
+    x = jnp.ones((1, 4))
+    opt = nnx.Optimizer(model, optax.sgd(0.05), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        def loss(m):
+            return log_bound(m, x).value
+
+        value, grads = nnx.value_and_grad(loss)(model)
+        opt.update(model, grads)
+        return value
+
+    def layer_grad(m):
+        return nnx.grad(lambda m: log_trivial_bound(m, (4,)).value)(m)
+
+    g_traced = nnx.grad(lambda m: log_bound(m, x).value)(model)
+    g_layer = layer_grad(model)
+    for a, b in zip(jax.tree.leaves(g_traced), jax.tree.leaves(g_layer), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    first = float(step(model, opt))
+    assert first == pytest.approx(float(log_trivial_bound(_mlp(), (4,)).value), abs=2e-6)
+    for _ in range(3):
+        last = float(step(model, opt))
+    assert last < first
+
+
+class _Block(nnx.Module):
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(2, 2, (3, 3), rngs=rngs)
+        self.c2 = nnx.Conv(2, 2, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(2, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = x + self.c2(nnx.relu(self.c1(x)))
+        x = nnx.avg_pool(x, (2, 2), (2, 2)).mean(axis=(1, 2))
+        return self.head(x)
+
+
+def test_custom_module_bound_and_certification():
+    model = _Block(nnx.Rngs(0))
+    xs = np.stack(_points((6, 6, 2), n=3))
+    for p in PS:
+        b = lipschitz_bound(model, jnp.ones((1, 6, 6, 2)), p=p)
+        assert float(b.value) >= max_jac_norm(lambda x: model(x[None])[0], xs, p)
+    b = lipschitz_bound(model, jnp.ones((1, 6, 6, 2)))
+    logits = model(jnp.asarray(xs))
+    labels = jnp.argmax(logits, axis=1)
+    acc = liplax.certify.certified_accuracy(logits, labels, b, eps=0.0)
+    assert float(acc) == 1.0
+    t = liplax.certify.tightness(model, jnp.asarray(xs), b, key=jax.random.key(0), steps=3,
+                                 restarts=1)
+    assert float(t.ratio) >= 1.0
+
+
+def test_bounded_region_uses_the_given_bound():
+    w1 = _w(4, 4)
+    w2 = jnp.asarray(np.linalg.pinv(np.asarray(w1)) * 0.1, jnp.float32)  # w1 w2 = 0.1 I
+    inner = lambda x: (x @ w1) @ w2  # noqa: E731
+    loose = float(lipschitz_bound(inner, jnp.ones(4)).value)
+    truth = jac_norm(inner, np.ones(4, np.float32), 2)
+    region = bounded(inner, Bound(jnp.asarray(0.1 * (1 + 1e-4)), "upper"))
+    tight = float(lipschitz_bound(lambda x: jnp.tanh(region(x)), jnp.ones(4)).value)
+    assert truth <= tight < loose
+    assert np.allclose(np.asarray(region(jnp.ones(4))), np.asarray(inner(jnp.ones(4))))
+    with pytest.raises(ValueError, match="estimate"):
+        bounded(inner, Bound(jnp.asarray(0.1), "estimate"))
+
+
+def test_lazy_top_level_names():
+    assert liplax.lipschitz_bound is lipschitz_bound
+    assert liplax.traced.log_bound is log_bound
+
+
+def test_jacobian_reference_is_float64():
+    m = jacobian64(lambda x: x * 3.0, np.ones(2, np.float32))
+    assert m.dtype == np.float64 and induced_norm(m, 2) == 3.0
