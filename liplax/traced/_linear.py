@@ -15,9 +15,11 @@ refused (not globally Lipschitz).
 **conv_general_dilated.** A convolution with a constant kernel K is linear in the input. The
 batch axis gives identical diagonal blocks and layouts are coordinate permutations, so:
 
-- 2-D, no dilation, one feature group, non-negative padding: the kernel is transposed to HWIO
-  and bounded by :func:`liplax.nn.conv.conv_bound` (the layer-based factor of ``nnx.Conv``);
-- any other case (1-D/3-D, dilations, feature groups, negative padding): Riesz–Thorin,
+- 2-D, no dilation, non-negative padding: the kernel is transposed to HWIO and bounded by
+  :func:`liplax.nn.conv.conv_bound` (the layer-based factor of ``nnx.Conv``); with G feature
+  groups, group g maps input channels g·I…(g+1)·I − 1 to its own O/G output channels, so the
+  operator is block diagonal up to permutations and its norm is the largest group's;
+- any other case (1-D/3-D, dilations, negative padding): Riesz–Thorin,
   ‖A‖_2 ≤ √(‖A‖_1‖A‖_∞) (Horn & Johnson, *Matrix Analysis*, §5.6, Problem 21; and
   ‖A‖_p ≤ ‖A‖_1^{1/p}‖A‖_∞^{1−1/p} in general). ‖A‖_∞ is the largest absolute row sum, i.e. the
   largest entry of the convolution of |K| applied to the all-ones input; ‖A‖_1 the largest
@@ -135,7 +137,6 @@ def conv_rule(ctx, eqn, ins):
     canonical = (
         len(dn.lhs_spec) == 4
         and all(int(d) == 1 for d in (*prm["lhs_dilation"], *prm["rhs_dilation"]))
-        and prm["feature_group_count"] == 1
         and all(a >= 0 and b >= 0 for a, b in pads)
     )
     if canonical:
@@ -143,7 +144,15 @@ def conv_rule(ctx, eqn, ins):
         kernel = jnp.transpose(k, (r[2], r[3], r[1], r[0]))
         hw = (int(lhs_aval.shape[dn.lhs_spec[2]]), int(lhs_aval.shape[dn.lhs_spec[3]]))
         strides = tuple(int(s) for s in prm["window_strides"])
-        factor = conv2d_norm(kernel, hw, ctx.p, strides=strides, padding=pads)
+        groups = int(prm["feature_group_count"])
+        per_group = kernel.shape[3] // groups
+        factors = [
+            conv2d_norm(kernel[..., g * per_group:(g + 1) * per_group], hw, ctx.p,
+                        strides=strides, padding=pads)
+            for g in range(groups)
+        ]
+        factor = factors[0] if groups == 1 else Bound(
+            jnp.max(jnp.stack([f.value for f in factors])), "upper")
     else:
         factor = _generic_conv(ctx, eqn, k, lhs_aval)
     return [times(ins[0], factor)]
