@@ -177,5 +177,4 @@ def _looseness(name: str, p) -> float:
         "center": 2.0 * one,  # x − mean: the triangle inequality, 1 + 1
         "roll": 2.0 * one,  # slice + concatenate: 2^{1/p}
         "avgpool": 2.0 * one,  # Riesz–Thorin on the window counts
-        "conv_dilated": (2.0 if p == 2 else 1.0) * one,  # Riesz–Thorin for ℓ2
     }.get(name, one)

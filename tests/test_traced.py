@@ -171,7 +171,7 @@ def test_conv_variants_bound_operator_norm(case, p):
     truth = jac_norm(f, x, p)
     got = _bound(f, x, p)
     assert got >= truth
-    generic = case not in ("nhwc", "nchw", "stride")
+    generic = case not in ("nhwc", "nchw", "stride", "dilate", "groups")
     if p != 2 or not generic:
         assert got <= truth * 1.02, (got, truth)
 

@@ -15,11 +15,12 @@ refused (not globally Lipschitz).
 **conv_general_dilated.** A convolution with a constant kernel K is linear in the input. The
 batch axis gives identical diagonal blocks and layouts are coordinate permutations, so:
 
-- 2-D, no dilation, non-negative padding: the kernel is transposed to HWIO and bounded by
+- 2-D, no input dilation, non-negative padding: the kernel is transposed to HWIO (a kernel
+  dilation d is the same map as the kernel with d − 1 zeros between its taps) and bounded by
   :func:`liplax.nn.conv.conv_bound` (the layer-based factor of ``nnx.Conv``); with G feature
   groups, group g maps input channels g·I…(g+1)·I − 1 to its own O/G output channels, so the
   operator is block diagonal up to permutations and its norm is the largest group's;
-- any other case (1-D/3-D, dilations, negative padding): Riesz–Thorin,
+- any other case (1-D/3-D, input dilation, negative padding): Riesz–Thorin,
   ‖A‖_2 ≤ √(‖A‖_1‖A‖_∞) (Horn & Johnson, *Matrix Analysis*, §5.6, Problem 21; and
   ‖A‖_p ≤ ‖A‖_1^{1/p}‖A‖_∞^{1−1/p} in general). ‖A‖_∞ is the largest absolute row sum, i.e. the
   largest entry of the convolution of |K| applied to the all-ones input; ‖A‖_1 the largest
@@ -136,12 +137,17 @@ def conv_rule(ctx, eqn, ins):
     pads = tuple((int(a), int(b)) for a, b in prm["padding"])
     canonical = (
         len(dn.lhs_spec) == 4
-        and all(int(d) == 1 for d in (*prm["lhs_dilation"], *prm["rhs_dilation"]))
+        and all(int(d) == 1 for d in prm["lhs_dilation"])
         and all(a >= 0 and b >= 0 for a, b in pads)
     )
     if canonical:
         r = dn.rhs_spec
         kernel = jnp.transpose(k, (r[2], r[3], r[1], r[0]))
+        dh, dw = (int(d) for d in prm["rhs_dilation"])
+        if (dh, dw) != (1, 1):  # the same map with zeros between the taps
+            kh, kw = kernel.shape[:2]
+            big = jnp.zeros(((kh - 1) * dh + 1, (kw - 1) * dw + 1, *kernel.shape[2:]), k.dtype)
+            kernel = big.at[::dh, ::dw].set(kernel)
         hw = (int(lhs_aval.shape[dn.lhs_spec[2]]), int(lhs_aval.shape[dn.lhs_spec[3]]))
         strides = tuple(int(s) for s in prm["window_strides"])
         groups = int(prm["feature_group_count"])
