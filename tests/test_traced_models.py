@@ -68,6 +68,10 @@ def test_non_finite_and_tiny_parameters():
     for p in PS:
         v = float(lipschitz_bound(lambda x: jnp.tanh(x @ tiny) @ tiny, jnp.ones(3), p=p).value)
         assert v > 0
+        scaled = lipschitz_bound(lambda x: x * jnp.full(3, 1e-40, jnp.float32), jnp.ones(3), p=p)
+        assert float(scaled.value) >= 1e-40  # a subnormal constant is not flushed to 0
+        divided = lipschitz_bound(lambda x: x / jnp.full(3, 1e-40, jnp.float32), jnp.ones(3), p=p)
+        assert float(divided.value) >= 1e40  # inf: 1/1e-40 is beyond float32
 
 
 def test_penalty_differentiable_in_jitted_optax_loop_matches_layer_penalty():

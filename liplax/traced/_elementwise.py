@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from liplax.guarantee import Bound
+from liplax.guarantee import Bound, raise_subnormal
 from liplax.traced._errors import refuse
 from liplax.traced._lip import (
     Const,
@@ -116,10 +116,12 @@ def _concrete(x):
 
 
 def _abs_const(c) -> jax.Array:
+    """|c| in the bound dtype, subnormal entries raised to the smallest normal number (XLA on
+    CPU flushes them to 0 in max/min, which would make a bound of 0)."""
     c = jnp.abs(jnp.asarray(c))
     if not jnp.issubdtype(c.dtype, jnp.floating):
         c = c.astype(bound_dtype())
-    return c.astype(jnp.promote_types(c.dtype, bound_dtype()))
+    return raise_subnormal(c.astype(jnp.promote_types(c.dtype, bound_dtype())))
 
 
 @register("mul")
@@ -138,7 +140,9 @@ def div_rule(ctx, eqn, ins):
     """u / c: L_u / min|c|; division by the input: refused."""
     if not isinstance(ins[1], Const):
         raise refuse(eqn, "division by an input-dependent value is not globally Lipschitz")
-    c = _abs_const(ins[1].value)
+    c = jnp.abs(jnp.asarray(ins[1].value))  # not raised: a subnormal divisor must give inf
+    c = c.astype(jnp.promote_types(c.dtype if jnp.issubdtype(c.dtype, jnp.floating)
+                                   else bound_dtype(), bound_dtype()))
     known = _concrete(c)
     if known is not None and known.size and np.min(known) == 0:
         raise refuse(eqn, "division by a constant with a zero entry (the map is undefined)")
