@@ -223,6 +223,10 @@ NONLIN = {
     "scan": lambda x: lax.fori_loop(0, 3, lambda i, c: jnp.tanh(c @ _W33), x),
     "scan_ys": lambda x: lax.scan(lambda c, xi: (c + xi, jnp.sin(c)), x[0], x)[1],
     "cond": lambda x: lax.cond(True, lambda y: y @ _W3C, lambda y: 2.0 * y, x),
+    "while_counter": lambda x: lax.while_loop(
+        lambda c: c[0] < 3, lambda c: (c[0] + 1, jnp.sin(c[1]) @ _W33), (0, x))[1],
+    "scan_reverse": lambda x: lax.scan(lambda c, xi: (jnp.tanh(c) + xi, c), x[0], x,
+                                       reverse=True)[1],
     "remat_jvp": lambda x: jax.checkpoint(jnp.tanh)(x) + _sin_jvp()(x),
 }
 
@@ -265,7 +269,7 @@ REFUSED = {
     "floor": lambda x: jnp.floor(x) + 1.0,
     "round": lambda x: jnp.round(x) + 1.0,
     "select_n": lambda x: jnp.where(x > 0, x, 0.0),
-    "while": lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2),
+    "while": lambda x: lax.while_loop(lambda c: c[1].sum() < 30.0, lambda c: (c[0] + 1, c[1] * 2),
                                       (0, x))[1],
     "cond": lambda x: lax.cond(x.sum() > 0, lambda y: y, lambda y: -y, x),
     "convert_element_type": lambda x: x.astype(jnp.bfloat16).astype(jnp.float32),
@@ -315,3 +319,24 @@ def test_bad_arguments():
         lipschitz_bound(jnp.sin, jnp.ones(3), p=3)
     with pytest.raises(ValueError, match="one array"):
         lipschitz_bound(lambda x: (x, x), jnp.ones(3))
+
+
+def test_while_with_constant_trip_count_is_unrolled():
+    f = lambda x: lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2.0),  # noqa: E731
+                                 (0, x))[1]
+    assert 8.0 <= _bound(f, np.ones(3, np.float32), 2) <= 8.0 * (1 + 1e-4)
+
+
+def test_branch_index_traced_under_jit_takes_max_over_branches():
+    """Inside a jitted step the parameters are traced: the index of a cond computed from them is
+    unknown, so the bound is the larger branch's."""
+    w = _w(3, 3)
+
+    @jax.jit
+    def bound(w, s):
+        return lipschitz_bound(lambda x: lax.cond(s > 0, lambda y: y @ w, lambda y: 3.0 * y, x),
+                               jax.ShapeDtypeStruct((3,), jnp.float32)).value
+
+    both = float(bound(w, 1.0))
+    assert both >= max(3.0, np.linalg.norm(np.asarray(w, np.float64), 2))
+    assert both == float(bound(w, -1.0))

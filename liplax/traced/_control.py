@@ -11,8 +11,9 @@ r"""Rules for calls and control flow: the walker goes into the bodies.
 - ``scan`` of fixed length T: unrolled, the body is propagated T times with the carries' bounds
   (L of carry_{t+1} from L of carry_t); the stacked outputs ys are the concatenation of the T
   per-step outputs: (Σ_t L_t^p)^{1/p}.
-- ``while``: the trip count is not static in general: refused (use ``lax.fori_loop`` with
-  Python-int bounds, which is a ``scan``).
+- ``while``: walked like ``scan`` when its predicate depends only on constants known at trace
+  time (then the trip count is the same for every input); otherwise refused (use
+  ``lax.fori_loop`` with Python-int bounds, which is a ``scan``).
 """
 
 from __future__ import annotations
@@ -115,11 +116,32 @@ def scan_rule(ctx, eqn, ins):
     return [*carry, *stacked]
 
 
+MAX_WHILE_STEPS = 10_000
+
+
 @register("while")
 def while_rule(ctx, eqn, ins):
-    """Refused: no static trip count."""
-    raise refuse(
-        eqn,
-        "a while loop has no static trip count; use lax.fori_loop with Python-int bounds (a "
-        "scan) or lax.scan",
-    )
+    """A loop whose predicate depends only on constants (a counter) has a trip count that is
+    the same for every input: it is found by evaluating the predicate, and the body is
+    propagated that many times (as ``scan``). An input-dependent or unknown (traced) predicate,
+    or more than ``MAX_WHILE_STEPS`` steps, is refused."""
+    prm = eqn.params
+    nc, nb = prm["cond_nconsts"], prm["body_nconsts"]
+    cond_consts, body_consts, carry = ins[:nc], ins[nc:nc + nb], list(ins[nc + nb:])
+    cj, cc = _closed(prm["cond_jaxpr"])
+    bj, bc = _closed(prm["body_jaxpr"])
+    for _ in range(MAX_WHILE_STEPS + 1):
+        (pred,) = inside(eqn, lambda a=[*cond_consts, *carry]: propagate(ctx, cj, cc, a))
+        if not isinstance(pred, Const):
+            raise refuse(eqn, "the loop's trip count depends on the input (use a fixed count)")
+        known = _known_index(pred.value)
+        if known is None:
+            raise refuse(
+                eqn,
+                "the loop's trip count is not known at trace time; use lax.fori_loop with "
+                "Python-int bounds (a scan) or lax.scan",
+            )
+        if not known:
+            return carry
+        carry = inside(eqn, lambda a=[*body_consts, *carry]: propagate(ctx, bj, bc, a))
+    raise refuse(eqn, f"more than {MAX_WHILE_STEPS} iterations")
