@@ -3,7 +3,8 @@
 A fixed pool of random architectures on a (1, 3, 3, 2) input is built from every supported
 building block (dense, convolutions in several configurations, residual branches,
 concatenations, pooling, transposes/reshapes, constant scalings and divisions, maxima,
-selections, loops, branches and the recognized activations), each paired with a p ∈ {1, 2, ∞}.
+selections, scan and while loops, branches and the recognized activations), each paired with
+a p ∈ {1, 2, ∞}.
 Every example draws an architecture, fresh weights and a weight scale, and checks that the
 traced bound is ≥ the float64 Jacobian norm at several points; a single linear block must
 also be within a small factor of its materialized operator norm (exact for dense layers and
@@ -66,6 +67,8 @@ BLOCKS = {
     "roll": ([], lambda w, x, s: jnp.roll(x.reshape(-1), 5).reshape(SHAPE)),
     "loop": ([(3, 3, 2, 2)], lambda w, x, s: lax.fori_loop(
         0, 2, lambda i, c: jnp.tanh(_conv(c, w[0])), x)),
+    "while": ([(3, 3, 2, 2)], lambda w, x, s: lax.while_loop(
+        lambda c: c[0] < 1 + s % 3, lambda c: (c[0] + 1, jnp.sin(_conv(c[1], w[0]))), (0, x))[1]),
     "cond": ([(3, 3, 2, 2)], lambda w, x, s: lax.cond(
         s % 2 == 0, lambda y: _conv(y, w[0]), lambda y: 2.0 * y, x)),
     "select": ([], lambda w, x, s: jnp.where(
