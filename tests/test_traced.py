@@ -340,3 +340,16 @@ def test_branch_index_traced_under_jit_takes_max_over_branches():
     both = float(bound(w, 1.0))
     assert both >= max(3.0, np.linalg.norm(np.asarray(w, np.float64), 2))
     assert both == float(bound(w, -1.0))
+
+
+def test_while_counter_known_inside_jit():
+    """Under a caller's jit the counter's constant equations are still evaluated now, so the
+    trip count is known (it was refused as 'not known at trace time')."""
+
+    @jax.jit
+    def bound(w):
+        body = lambda c: (c[0] + 1, jnp.sin(c[1] @ w))  # noqa: E731
+        f = lambda x: lax.while_loop(lambda c: c[0] < 2, body, (0, x))[1]  # noqa: E731
+        return lipschitz_bound(f, jax.ShapeDtypeStruct((3,), jnp.float32)).value
+
+    assert 4.0 <= float(bound(2.0 * jnp.eye(3))) <= 4.0 * (1 + 1e-4)

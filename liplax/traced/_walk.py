@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 from jax._src import core
 
@@ -59,9 +60,15 @@ class Ctx:
 
 
 def const_eval(eqn, values: list) -> list:
-    """Evaluate ``eqn`` on constant inputs (as ``jax.core.eval_jaxpr`` does)."""
+    """Evaluate ``eqn`` on constant inputs (as ``jax.core.eval_jaxpr`` does). Inputs known now
+    are evaluated now, even inside a caller's ``jit`` (so a loop counter or a branch index
+    built from literals stays known); traced inputs stay in the caller's trace."""
     params = eqn.primitive.get_bind_params(eqn.params)
-    out = eqn.primitive.bind(*values, **params)
+    if any(isinstance(v, jax.core.Tracer) for v in values):
+        out = eqn.primitive.bind(*values, **params)
+    else:
+        with jax.ensure_compile_time_eval():
+            out = eqn.primitive.bind(*values, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
