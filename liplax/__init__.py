@@ -12,6 +12,8 @@ Modules (one concept each; lower ones never import higher ones):
 - :mod:`liplax.certify`: certified radius and accuracy, empirical lower bounds, tightness.
 - :mod:`liplax.verify` (optional ``verify`` extra): LipSDP, LiPopt and exact constants of small
   networks.
+- :mod:`liplax.traced`: :func:`lipschitz_bound` of any JAX function or Flax NNX module, read
+  from its jaxpr equation by equation.
 - :mod:`liplax.sweep`: one bound operator over a batch of weights or kernels (vmap, chunks, mesh);
   the bounds of many checkpoints of one architecture (``model_sweep``).
 - :mod:`liplax.training`: configs, models, data, losses, the training loop, evaluation,
@@ -30,17 +32,18 @@ import types
 from liplax._version import __version__ as __version__
 
 __all__ = [
-    "Bound", "compose", "require_certified", "bounds", "certify", "conv", "linalg",
-    "model_sweep", "nn", "norms", "sweep",
+    "Bound", "compose", "lipschitz_bound", "require_certified", "bounds", "certify", "conv",
+    "linalg", "model_sweep", "nn", "norms", "sweep", "traced",
 ]
 _SUBMODULES = frozenset({
     "bounds", "certify", "cli", "conv", "grouped", "guarantee", "linalg", "nn", "norms",
-    "training", "verify",
+    "traced", "training", "verify",
 })
 _NAMES = {
     "Bound": "liplax.guarantee", "compose": "liplax.guarantee",
     "require_certified": "liplax.guarantee",
     "sweep": "liplax.sweep", "model_sweep": "liplax.sweep",
+    "lipschitz_bound": "liplax.traced",
 }
 
 

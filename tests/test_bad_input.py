@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import liplax
 import liplax.nn as ln
 from liplax import bounds, certify, conv, linalg, norms, training
 from liplax.guarantee import Bound
@@ -442,6 +443,15 @@ CASES = [
     Case("certify.local_norm_ascent", "starts of rank 1",
          lambda: certify.local_norm_ascent(lambda x: x, np.ones(3, np.float32)), ValueError,
          "starts must be a batch (n ≥ 1, ...) of inputs, got shape (3,)"),
+    # ---------------------------------------------------------------- liplax.traced
+    Case("lipschitz_bound", "integer example_input",
+         lambda: liplax.lipschitz_bound(jnp.sin, np.ones(3, np.int32)), ValueError,
+         "lipschitz_bound: example_input must be a float32 or float64 array, got dtype int32"),
+    Case("lipschitz_bound", "p=3", lambda: liplax.lipschitz_bound(jnp.sin, W, p=3), ValueError,
+         "lipschitz_bound: p must be 1, 2 or inf, got 3"),
+    Case("lipschitz_bound", "f returning two arrays",
+         lambda: liplax.lipschitz_bound(lambda x: (x, x), W), ValueError,
+         "lipschitz_bound: f must return one array, got 2 outputs"),
 ]
 
 
