@@ -80,9 +80,12 @@ def test_deep_chain_bound_never_below_the_product(scales, p):
     assert all(at_least(v, truth) for v in np.asarray(swept.value))
 
 
-def test_deep_chain_certificate_is_finite_and_no_larger_than_the_truth():
-    scales = [0.1] * 51
-    model = dense_chain(scales, bias_at=50)  # bias last: the logits are (2, 1), margin 1
+@pytest.mark.parametrize("scales", [
+    pytest.param([0.1] * 51, marks=pytest.mark.slow, id="0.1^51"),  # the reported chain, ~30 s
+    pytest.param([1e-13] * 4, id="1e-13^4"),  # the same underflow (1e-52) in seconds
+])
+def test_deep_chain_certificate_is_finite_and_no_larger_than_the_truth(scales):
+    model = dense_chain(scales, bias_at=len(scales) - 1)  # bias last: logits (2, 1), margin 1
     x = jnp.zeros((1, 2))
     logits = model(x)
     b = bounds.trivial_bound(model, (2,))

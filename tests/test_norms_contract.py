@@ -7,7 +7,8 @@ padding kind, strides that divide the input and strides that do not, aliased cir
 - ``upper``/``exact`` values are ≥ the float64 truth of ``op.materialize()`` (SVD for ℓ2, max
   abs-sums for ℓ∞/ℓ1) with no tolerance below for ``upper`` and the documented rounding margin
   (``guarantee.exact_margin``) for ``exact``; an ``estimate`` is ≤ truth·(1 + 64u);
-- ``jax.jit`` and ``jax.vmap`` (over a stacked batch of operators) agree with the eager call;
+- ``jax.jit`` and ``jax.vmap`` (over a stacked batch of operators) agree with the eager call
+  (one operator per kind in the default suite, every operator in ``make test-slow``);
 - a routine that cannot give its kind for an operator refuses it with a clear error.
 
 And for every operator: ``transpose`` is the adjoint (⟨Ax, y⟩ = ⟨x, Aᵀy⟩ in float64),
@@ -128,6 +129,22 @@ def test_routine_contract(routine, name):
         assert v <= t * (1 + 64 * u), (routine.__name__, name, v, t)
         assert v >= t * (1 - 1e-3), (routine.__name__, name, v, t)  # 200 steps converge here
 
+
+# jit and vmap compile each routine twice more; the default suite checks them on one operator of
+# each kind (dense, zero-padded conv, strided circular conv), `make test-slow` on all of them.
+TRANSFORMED_BY_DEFAULT = ("dense-tall", "conv-same", "conv-circular-s2")
+TRANSFORM_CASES = [
+    pytest.param(r, n, id=f"{r.__name__}-{n}",
+                 marks=() if n in TRANSFORMED_BY_DEFAULT else pytest.mark.slow)
+    for r, n in CASES if accepts(r, make(n))
+]
+
+
+@pytest.mark.parametrize("routine,name", TRANSFORM_CASES)
+def test_jit_and_vmap_agree_with_the_eager_call(routine, name):
+    op = make(name)
+    out = call(routine, op)
+    v, kind, u = float(out.value), out.kind, unit_roundoff(np.float32)
     jitted = jax.jit(lambda o: call(routine, o))(op)
     assert jitted.kind == kind
     np.testing.assert_allclose(float(jitted.value), v, rtol=4 * 64 * u)

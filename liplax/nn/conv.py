@@ -8,7 +8,7 @@ Certified constants, from :mod:`liplax.conv` on the actual input size, padding a
 
 - ℓ2: ``"CIRCULAR"`` padding with strides dividing (H, W): the exact FFT norm (Sedghi, Gupta,
   Long, ICLR 2019); otherwise the Gram-iteration upper bound (Delattre et al., ICML 2023), which
-  for zero padding bounds the operator through a larger circular one (docs/design.md §conv).
+  for zero padding bounds the operator through a larger circular one (docs/design.md §norms).
 - ℓ∞ / ℓ1: ``liplax.conv.norm_inf`` / ``liplax.conv.norm_1``, the largest absolute row / column
   sum of the layer's matrix on that input (``upper``: exact up to a rounding factor, except
   where a circular kernel larger than the input aliases taps).
