@@ -100,7 +100,7 @@ def divides(strides, n_hw) -> bool:
 
 
 def embedding_floor(kernel64, n_hw, strides, padding, how_many=1) -> float:
-    """What the zero-padding embedding of docs/design.md §norms gives at best: the exact circular norm on the
+    """What the zero-padding embedding (design §norms) gives at best: the exact circular norm on the
     smallest admissible enlarged input N ≥ n + max(lo, hi), divisible by the stride (minimum over
     the first ``how_many`` such N per axis)."""
     kh, kw = kernel64.shape[:2]
@@ -328,7 +328,7 @@ ZERO_PAD_3X3.sort(
 def test_zero_padding_bound_tight_3x3(n, channels, padding, strides):
     """The issue: zero-padding bound ≤ truth·1.05 on 3×3 kernels at n ≥ 8.
 
-    For very few channels at n = 8 the embedding of docs/design.md §norms cannot reach 5%: the exact circular
+    For very few channels at n = 8 the embedding (design §norms) cannot reach 5%: the exact circular
     norm on the smallest admissible enlarged input is already up to ~12% above the truth on some
     random kernels (measured with the reference). There the assertion is against that floor (+1%),
     which is what the contracted method can do."""

@@ -108,7 +108,7 @@ def _check_conv(k, geometry, num_iters: int, compute_dtype: str) -> None:
         assert_exact(got["exact"], spec, compute_dtype, "conv.exact_spectral_norm")
 
 
-@budget(15)
+@budget(7)
 @given(st.data())
 def test_conv_operators_match_the_float64_truth(data):
     geometry = data.draw(geometries())
@@ -123,7 +123,7 @@ def test_conv_operators_match_the_float64_truth(data):
 LOW = {"bfloat16": 1e30, "float16": 1e3}
 
 
-@budget(10)
+@budget(5)
 @given(st.data())
 def test_conv_low_precision_kernels_give_float32_bounds(data):
     geometry = data.draw(geometries(GEOMETRIES[::4]))  # default: 4 geometries, 2 dtypes

@@ -73,7 +73,7 @@ def _check_all(w, num_iters: int, compute_dtype: str) -> None:
     assert min(sn, ni, n1) > 0, "a wrong zero for a non-zero matrix"
 
 
-@budget(30)
+@budget(15)
 @given(matrices(), GRAM_ITERS)
 def test_linalg_operators_match_the_float64_truth(case, num_iters):
     w, kind, scale = case
@@ -84,7 +84,7 @@ def test_linalg_operators_match_the_float64_truth(case, num_iters):
 LOW = {"bfloat16": 1e30, "float16": 1e3}  # largest scale each format holds with room to spare
 
 
-@budget(20)
+@budget(10)
 @given(matrices(), st.sampled_from(sorted(LOW)), GRAM_ITERS)
 def test_linalg_low_precision_inputs_give_float32_bounds(case, low, num_iters):
     w, kind, scale = case

@@ -166,7 +166,7 @@ def budget(n: int):
     return settings(max_examples=n) if not WIDE else (lambda f: f)
 
 
-@budget(20)
+@budget(10)
 @given(
     st.sampled_from(sorted(ARCHS)),
     st.sampled_from(WEIGHT_KINDS),

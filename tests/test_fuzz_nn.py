@@ -104,7 +104,7 @@ def _f32(case):
     return w, kind, scale
 
 
-@budget(15)
+@budget(7)
 @given(matrices(), st.sampled_from(sorted(DENSE)))
 def test_dense_layer_bounds_are_sound(case, name):
     w, kind, scale = _f32(case)
@@ -121,7 +121,7 @@ def test_dense_layer_bounds_are_sound(case, name):
         _check(b, _truth_of_matrix(op, p), p, f"{name} p={p}", n_terms=n_terms)
 
 
-@budget(15)
+@budget(7)
 @given(matrices(), PS, st.integers(0, 2**32 - 1))
 def test_sinusoidal_dense_bound_is_sound(case, p, seed):
     w, kind, scale = _f32(case)
@@ -165,7 +165,7 @@ CONV = {
 }
 
 
-@budget(10)
+@budget(5)
 @given(st.data())
 def test_conv_layer_bounds_are_sound(data):
     geometry = data.draw(conv_geometries() if WIDE else st.sampled_from(CONV_GEOMETRIES))
@@ -216,7 +216,7 @@ def pools(draw):
     return window, strides, hw
 
 
-@budget(10)
+@budget(5)
 @given(pools(), st.sampled_from(["AvgPool", "MaxPool"]), PS, st.integers(1, 2), st.integers(0, 99))
 def test_pool_bounds_are_sound(geometry, name, p, channels, seed):
     window, strides, hw = geometry
@@ -244,7 +244,7 @@ ACTIVATIONS = {
 }
 
 
-@budget(12)
+@budget(6)
 @given(st.sampled_from(sorted(ACTIVATIONS)), PS, st.integers(1, 4), st.integers(0, 99),
        st.sampled_from([1.0, 1e-30, 1e30]))
 def test_activation_and_shape_layer_bounds_are_sound(name, p, groups, seed, scale):
@@ -265,7 +265,7 @@ def test_activation_and_shape_layer_bounds_are_sound(name, p, groups, seed, scal
 _F32_1E30 = float(np.float32(1e30))
 
 
-@budget(20)
+@budget(10)
 @given(st.floats(-_F32_1E30, _F32_1E30, allow_nan=False, width=32), PS)
 def test_scale_bound_is_sound(factor, p):
     layer = ln.Scale(float(factor))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,19 +104,18 @@ def test_shapes_eval_export_jit_vmap(entry):
     before = _state(layer)
     call = nnx.jit(lambda m, x: m(x))
     y = view(x)
-    assert y.shape[1:] == layer.output_shape(shape)
+    chex.assert_shape(y, (x.shape[0], *layer.output_shape(shape)))
     assert layer.output_shape(list(shape)) == layer.output_shape(shape)
     jitted = call(view, x)
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(y), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(call(view, x)), np.asarray(jitted))
+    chex.assert_trees_all_close(jitted, y, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(call(view, x), jitted)
     nnx.jit(lambda m: m.lipschitz_estimate(shape, p=2))(view)
-    for a, b in zip(before, _state(layer), strict=True):
-        np.testing.assert_array_equal(a, b)  # inference mode moves nothing
+    chex.assert_trees_all_equal(_state(layer), before)  # inference mode moves nothing
 
     plain = ln.to_plain(view)
-    np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(y), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(plain(x), y, rtol=1e-5, atol=1e-6)
     mapped = jax.vmap(lambda xi: view(xi[None])[0])(x)
-    np.testing.assert_allclose(np.asarray(mapped), np.asarray(y), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(mapped, y, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.power], ids=lambda e: e.cls.__name__)

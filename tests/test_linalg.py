@@ -102,7 +102,7 @@ GRAM_CASES = [
 @pytest.mark.parametrize("shape,kind,dtype", split_slow(GRAM_CASES, 4))
 def test_gram_bound_sound_and_is_the_schatten_norm(shape, kind, dtype):
     """gram_bound(num_iters=T) is ≥ the truth (no tolerance below) for every T, and (Gram iteration,
-    docs/design.md §norms) no larger than the Schatten 2^(T+1) norm up to a small rounding margin."""
+    design §norms) no larger than the Schatten 2^(T+1) norm up to a small rounding margin."""
     w = _matrix(shape, dtype, kind=kind)
     truth = _truth(w)
     margin = 1e-3 if dtype == "float32" else 1e-9

@@ -124,7 +124,9 @@ def test_estimate_factor_makes_the_product_an_estimate():
     assert bounds.trivial_bound(model.layers[0], (3,)).kind == "exact"
 
 
-@pytest.mark.parametrize("build,shape", [(_mlp, (10,)), (_cnn, (12, 12, 1))])
+@pytest.mark.parametrize("build,shape", [
+    (_mlp, (10,)), pytest.param(_cnn, (12, 12, 1), marks=pytest.mark.slow),  # conv: layer contract
+])
 def test_to_plain_same_outputs(build, shape):
     model = build(rngs(1))
     x = jax.random.normal(jax.random.key(0), (6, *shape))

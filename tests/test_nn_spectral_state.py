@@ -118,7 +118,7 @@ STATES = ["orthogonal-to-W", "orthogonal-to-top", "zero", "tiny", "huge", "nan"]
 @pytest.mark.parametrize("build", [_dense, _conv], ids=["dense", "conv"])
 def test_degenerate_power_state_certifies_every_program(build, kind):
     rng = np.random.default_rng(abs(hash(kind)) % 2**32)
-    for seed in range(6 if kind == "orthogonal-to-W" else 2):
+    for seed in range(3 if kind == "orthogonal-to-W" else 2):
         layer, shape, jac = build(seed)
         u = _state(kind, jac, rng).reshape(layer.power_state[...].shape)
         layer.power_state[...] = jnp.asarray(u, jnp.float32)
