@@ -45,6 +45,33 @@ def test_same_value_as_layer_based_bound(p):
     assert got == pytest.approx(want, rel=2e-6)  # the same factors; XLA fusion rounds Gram
 
 
+def _liplax_models():
+    """Sequentials of liplax layers whose every factor the trace can also read."""
+    import liplax.nn as ln
+
+    r = nnx.Rngs(3)
+    mlp = ln.Sequential(ln.Dense(4, 6, rngs=r), ln.Abs(), ln.Dense(6, 5, rngs=r), ln.ReLU(),
+                        ln.Dense(5, 3, rngs=r))
+    cnn = ln.Sequential(ln.Conv(2, 3, (3, 3), input_size=(7, 7), rngs=r), ln.ReLU(),
+                        ln.Conv(3, 2, (3, 3), input_size=(7, 7), strides=2, padding="VALID",
+                                rngs=r),
+                        ln.Flatten(), ln.Dense(18, 3, rngs=r))
+    return [(mlp, (4,)), (cnn, (7, 7, 2))]
+
+
+@pytest.mark.parametrize("p", PS)
+def test_liplax_sequential_traced_equals_trivial_bound(p):
+    """On a Sequential of liplax layers both paths multiply the same certified factors."""
+    for model, shape in _liplax_models():
+        model.eval()
+        got = lipschitz_bound(model, jnp.ones((1, *shape)), p=p)
+        want = trivial_bound(model, shape, p=p)
+        assert got.kind == want.kind == "upper"
+        # The same weight factors; the layer-based product also counts each activation's exact 1
+        # in its rounding margin (2·exact_margin per exact factor), so it may sit a few ulps above.
+        assert float(got.value) <= float(want.value) <= float(got.value) * (1 + 1e-4)
+
+
 def test_rounding_tight_chain_stays_above_truth():
     """Rank-1 layers whose singular directions line up: Π‖W_l‖ = ‖W_L⋯W_1‖ (tight)."""
     u = np.asarray(RNG.normal(size=6))
