@@ -158,19 +158,11 @@ def add_rule(ctx, eqn, ins):
     return [dep_sum(deps)]
 
 
-@register("max", "min")
+@register("max", "min", "clamp")
 def max_rule(ctx, eqn, ins):
-    """max/min with a constant: L_u; of two dependent values: (L_u^p + L_v^p)^{1/p}."""
-    deps = [_broadcast(ctx, eqn, v, var) for v, var in zip(ins, eqn.invars, strict=True)
-            if isinstance(v, Dep)]
-    if len(deps) == 1:
-        return [times(deps[0], constant_factor(1.0))]
-    return [dep_pnorm(deps, ctx.p)]
+    """max/min with a constant: L_u; of two dependent values: (L_u^p + L_v^p)^{1/p}.
 
-
-@register("clamp")
-def clamp_rule(ctx, eqn, ins):
-    """clamp(lo, u, hi) = min(max(u, lo), hi): the max rule twice."""
+    clamp(lo, u, hi) = min(max(u, lo), hi) is the same rule over its three operands."""
     deps = [_broadcast(ctx, eqn, v, var) for v, var in zip(ins, eqn.invars, strict=True)
             if isinstance(v, Dep)]
     if len(deps) == 1:
