@@ -41,6 +41,42 @@ def value(out, kind: str | None = None):
     return out
 
 
+def rotate(xs, ys, xid=str, yid=str) -> list:
+    """pytest params over the product xs × ys: by default each x once, with y cycling through ys
+    (so each y also appears); every pair under -m slow. Each element is a value or a tuple."""
+    import pytest
+
+    out = []
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            vals = (*(x if isinstance(x, tuple) else (x,)), *(y if isinstance(y, tuple) else (y,)))
+            marks = () if j == i % len(ys) else (pytest.mark.slow,)
+            out.append(pytest.param(*vals, id=f"{xid(x)}-{yid(y)}", marks=marks))
+    return out
+
+
+def thin(params, every: int, ids=None) -> list:
+    """pytest params: every ``every``-th one (starting with the first) runs by default, the others
+    only under -m slow; spread over the whole list so the default run still sees each kind of case.
+    ``params``: values, tuples of values or ``pytest.param``s (their marks and ids are kept);
+    ``ids``: a list or a function of the value."""
+    import pytest
+
+    out = []
+    for i, p in enumerate(params):
+        slow = () if i % every == 0 else (pytest.mark.slow,)
+        if isinstance(p, type(pytest.param(0))):
+            out.append(pytest.param(*p.values, id=p.id, marks=(*p.marks, *slow)))
+            continue
+        vals = p if isinstance(p, tuple) else (p,)
+        if ids is None:
+            pid = str(p).replace(" ", "")
+        else:
+            pid = ids(p) if callable(ids) else ids[i]
+        out.append(pytest.param(*vals, id=pid, marks=slow))
+    return out
+
+
 def as_float(out, kind: str | None = None) -> float:
     v = np.asarray(value(out, kind))
     assert v.shape == (), f"expected a scalar, got shape {v.shape}"

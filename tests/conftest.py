@@ -1,6 +1,6 @@
 """Shared test configuration: hypothesis profiles.
 
-- ``default``: 25 examples per property, no deadline (JAX compiles on first call per shape);
+- ``default``: 15 examples per property, no deadline (JAX compiles on first call per shape);
   the suite CI runs on every commit, kept under 10 minutes on 2 cores.
 - ``fuzz``: 10,000 examples per property, selected with ``HYPOTHESIS_PROFILE=fuzz``.
 """
@@ -30,7 +30,7 @@ _COMMON = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
-settings.register_profile("default", max_examples=25, **_COMMON)
+settings.register_profile("default", max_examples=15, **_COMMON)
 settings.register_profile("fuzz", max_examples=10_000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
@@ -62,3 +62,18 @@ def _bounded_jax_caches():
         import jax
 
         jax.clear_caches()
+
+
+# The longest files first: `make test` hands whole files to its workers in collection order, so a
+# long file collected last would run alone at the end. Only the order changes, never the tests.
+LONGEST_FIRST = (
+    "test_train.py", "test_norms_contract.py", "test_conv.py", "test_layer_contract.py",
+    "test_traced.py", "test_grouped.py", "test_train_processes.py", "test_certify.py",
+    "test_experiments.py", "test_sweep.py", "test_nn_plain.py", "test_cli.py", "test_configs.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    order = {id(item): k for k, item in enumerate(items)}
+    items.sort(key=lambda it: (rank.get(it.path.name, len(rank)), order[id(it)]))

@@ -27,6 +27,7 @@ from liplax.guarantee import (
     unit_roundoff,
 )
 from liplax.sweep import model_sweep
+from tests._helpers import rotate
 from tests.nn_helpers import rngs
 
 F32 = np.float32
@@ -64,8 +65,9 @@ CHAINS = [[0.1] * 51, [1e-20] * 3, [1e-30, 1e30] * 4 + [0.5], [1e-25, 1e-25, 1e3
 
 # 0.1^51 (the reported chain) at p = 2; the same underflow (1e-13^4 = 1e-52) at every p, in a
 # chain that compiles in seconds rather than the 51-layer chain's ~40 s per p.
-CHAIN_CASES = [pytest.param(CHAINS[0], 2, marks=pytest.mark.slow)] + [
-    (s, p) for s in [[1e-13] * 4, *CHAINS[1:]] for p in PS]
+# By default each chain once (p cycling); every (chain, p) under -m slow.
+CHAIN_CASES = [pytest.param(CHAINS[0], 2, marks=pytest.mark.slow)] + rotate(
+    [([1e-13] * 4,), *((c,) for c in CHAINS[1:])], PS, xid=lambda c: f"{c[0][0]:g}x{len(c[0])}")
 
 
 @pytest.mark.parametrize(("scales", "p"), CHAIN_CASES)
@@ -281,7 +283,9 @@ def test_exact_sum_covers_a_long_sequential_sum():
 # ---------------------------------------------------------------- the penalty
 
 
-@pytest.mark.parametrize("scales", [[1e-20] * 3, [1e-13] * 4, [1e-30, 1e30] * 2])
+@pytest.mark.parametrize("scales", [pytest.param([1e-20] * 3, marks=pytest.mark.slow),
+                                    pytest.param([1e-13] * 4, marks=pytest.mark.slow),
+                                    [1e-30, 1e30] * 2])
 def test_penalty_gradient_is_finite_for_tiny_bounds(scales):
     model = dense_chain(scales)
     for p in PS:

@@ -40,6 +40,7 @@ def abs_fit(tmp_path_factory):
     return _run(groupsort_abs, tmp_path_factory)
 
 
+@pytest.mark.slow  # the quick run takes ~16 s; `make test-slow`
 def test_groupsort_fits_abs_and_relu_cannot(abs_fit):
     nets = abs_fit["networks"]
     gs = nets["maxmin_bjorck"]
@@ -58,6 +59,7 @@ def test_groupsort_fits_abs_and_relu_cannot(abs_fit):
     assert abs_fit["findings"]["maxmin_error_below_relu"]
 
 
+@pytest.mark.slow  # the quick run takes ~16 s; `make test-slow`
 def test_abs_fit_networks_are_certified_one_lipschitz(abs_fit):
     for label, r in abs_fit["networks"].items():
         assert r["bound_kind"] == "upper", label
@@ -83,12 +85,14 @@ def test_true_w1_matches_sorted_samples(case):
     assert abs(empirical - wasserstein.true_w1(case)) < 0.01 * wasserstein.true_w1(case)
 
 
+@pytest.mark.slow  # the quick run takes ~16 s; `make test-slow`
 def test_groupsort_critic_estimates_w1(w1):
     for case, entry in w1["cases"].items():
         r = entry["critics"]["maxmin_bjorck"]
         assert abs(r["estimate"] - entry["true_w1"]) < 0.05 * entry["true_w1"], case
 
 
+@pytest.mark.slow  # the quick run takes ~16 s; `make test-slow`
 def test_no_critic_exceeds_w1_and_relu_falls_short_at_a_kink(w1):
     for case, entry in w1["cases"].items():
         for critic, r in entry["critics"].items():

@@ -103,9 +103,17 @@ LINEAR = {
     "AOLConv-VALID-s2", "LinfDense", "AvgPool", "AvgPool-overlap", "Flatten", "Scale",
 }
 
-# Variants of a layer type already covered by the default run, and the constant-factor layers
-# (pools, flatten, scale, two sorting activations): run with `make test-slow`.
+# Variants of a layer type already covered by the default run, the constant-factor layers
+# (pools, flatten, scale, two sorting activations), and the normalized layers (whose soundness
+# the layer contract checks by default, tests/test_layer_contract.py): run with `make test-slow`.
 SLOW = {
+    "SpectralConv",
+    "AOLConv",
+    "SpectralDense",
+    "AOLDense",
+    "BjorckDense-1",
+    "SinPoly",
+    "CosSin",
     "Conv-CIRCULAR",
     "AvgPool",
     "MaxPool-overlap",

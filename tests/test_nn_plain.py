@@ -16,6 +16,7 @@ from flax import nnx
 
 import liplax.nn as ln
 from liplax import bounds
+from tests._helpers import thin
 from tests.nn_helpers import induced_norm, rngs
 
 P_ALL = (1, 2, math.inf)
@@ -53,9 +54,10 @@ def _conv(**kw):
 # ------------------------------------------------------------------------------------ accepted
 
 
+# Every third option set by default (the first, the defaults, included); all under -m slow.
 @pytest.mark.parametrize(
     "kw",
-    [
+    thin([
         dict(),
         dict(use_bias=False),
         dict(strides=2),
@@ -69,8 +71,7 @@ def _conv(**kw):
         dict(mask=np.full((3, 3, 2, 3), 3.0)),
         dict(mask=np.random.default_rng(0).normal(size=(3, 3, 2, 3)), padding="CIRCULAR"),
         dict(precision=jax.lax.Precision.HIGHEST, dtype=jnp.float64),
-    ],
-    ids=lambda kw: ",".join(f"{k}" for k in kw) or "defaults",
+    ], 3, ids=lambda kw: ",".join(f"{k}" for k in kw) or "defaults"),
 )
 def test_plain_conv_options_bounded_on_the_actual_map(kw):
     with jax.enable_x64(True):
@@ -119,6 +120,7 @@ def test_nnx_sequential_and_plain_functions_accepted():
     assert nnx.relu is jax.nn.relu and ln.bound_of(nnx.relu, (3,)).kind == "exact"
 
 
+@pytest.mark.slow  # ~18 s; the layer contract checks to_plain of every registered layer by default
 def test_to_plain_output_is_accepted_and_bounded():
     with jax.enable_x64(True):
         r = rngs(4)

@@ -52,8 +52,11 @@ def _run_scales(routine, dtype: str) -> None:
         check(routine, np.zeros(routine.shape, x.dtype), dtype, "zero")
 
 
-@pytest.mark.parametrize("routine", ROUTINES, ids=IDS)
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# Every routine in both dtypes under -m slow; by default each routine once, the dtypes alternating.
+@pytest.mark.parametrize("routine,dtype", [
+    pytest.param(r, d, id=f"{d}-{i}",
+                 marks=() if d == ("float32", "float64")[k % 2] else pytest.mark.slow)
+    for k, (r, i) in enumerate(zip(ROUTINES, IDS, strict=True)) for d in ("float32", "float64")])
 def test_every_scale_and_nonfinite(routine, dtype):
     _run_scales(routine, dtype)
 
@@ -116,9 +119,11 @@ def test_dense_layer_bound_scales(method, p):
     assert math.isnan(float(matrix_bound(jnp.asarray(w), p, method=method).value))
 
 
-@pytest.mark.parametrize("padding,strides", [("SAME", (1, 1)), ("CIRCULAR", (2, 2)),
-                                             ("VALID", (2, 1))])
-@pytest.mark.parametrize("p", [1, 2, math.inf])
+# Each padding once and each p once by default (the diagonal); all nine under -m slow.
+@pytest.mark.parametrize("padding,strides,p", [
+    pytest.param(pad, st, p, marks=() if i == j else pytest.mark.slow, id=f"{pad}-{p}")
+    for i, (pad, st) in enumerate([("SAME", (1, 1)), ("CIRCULAR", (2, 2)), ("VALID", (2, 1))])
+    for j, p in enumerate([1, 2, math.inf])])
 def test_conv_layer_bound_scales(padding, strides, p):
     rng = np.random.default_rng(8)
     truth = {1: ref.l1_truth, 2: ref.spectral_norm_truth, math.inf: ref.linf_truth}[p]

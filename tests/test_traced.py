@@ -16,6 +16,7 @@ from liplax.bounds import trivial_bound
 from liplax.guarantee import exact_margin
 from liplax.traced import lipschitz_bound
 from liplax.traced._constants import sup_derivative
+from tests._helpers import rotate
 from tests.traced_helpers import PS, jac_norm, max_jac_norm
 
 RNG = np.random.default_rng(0)
@@ -131,9 +132,8 @@ def test_dot_general_variants_match_operator_norm(p):
     _check_linear(lambda x: jnp.tensordot(x, t, axes=([0, 1], [0, 1])), x, p)
 
 
-@pytest.mark.parametrize("p", PS)
-@pytest.mark.parametrize("case", ["nhwc", "nchw", "stride", "dilate", "lhs_dilate", "groups",
-                                  "conv1d", "negpad", "conv3d"])
+@pytest.mark.parametrize("case,p", rotate(
+    ["nhwc", "nchw", "stride", "dilate", "lhs_dilate", "groups", "conv1d", "negpad", "conv3d"], PS))
 def test_conv_variants_bound_operator_norm(case, p):
     """Canonical 2-D convs (liplax.conv) and every other configuration (Riesz–Thorin): ≥ the
     materialized operator norm; the ℓ1/ℓ∞ induced norms are exact."""
@@ -231,8 +231,7 @@ NONLIN = {
 }
 
 
-@pytest.mark.parametrize("p", PS)
-@pytest.mark.parametrize("name", sorted(NONLIN))
+@pytest.mark.parametrize("name,p", rotate(sorted(NONLIN), PS))
 def test_nonlinear_rules_bound_jacobian(name, p):
     shape = (1, 5, 4, 2) if "pool" in name else (4, 3)
     f = NONLIN[name]
