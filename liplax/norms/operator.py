@@ -39,14 +39,66 @@ def circular_pads(kernel_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     return tuple(((k - 1) // 2, k // 2) for k in kernel_hw)
 
 
+def wrap_pad(x: jax.Array, kernel_hw: tuple[int, int]) -> jax.Array:
+    """flax's circular padding of a batch (N, H, W, C), wrapped as many times as needed."""
+    cp = circular_pads(kernel_hw)
+    return jnp.pad(x, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
+
+
 def conv_nhwc(kernel: jax.Array, x: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
     """The convolution on a batch ``x`` (N, H, W, C) with resolved strides and padding."""
     if pads == "CIRCULAR":
-        cp = circular_pads(kernel.shape[:2])
-        x = jnp.pad(x, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
+        x = wrap_pad(x, kernel.shape[:2])
         pads = ((0, 0), (0, 0))
     return lax.conv_general_dilated(
         x, kernel, window_strides=strides, padding=pads, dimension_numbers=DIMS, precision=HI
+    )
+
+
+def transpose_pads(kernel_hw, input_hw, output_hw, strides, pads) -> tuple[tuple[int, int], ...]:
+    """Padding of the adjoint convolution (``lax``'s rule for the gradient of a convolution).
+
+    The adjoint of y[i] = Σ_p x[s·i + p − lo]·k[p] is x[a] = Σ_i Σ_p [s·i + p − lo = a] y[i]·k[p]:
+    the stride-1 correlation of y dilated by s (s − 1 zeros between samples) with the flipped
+    kernel, padded by kh − 1 − lo before and H + lo − s·(H' − 1) − 1 after so that the result has
+    H samples (either may be negative: the rows it drops read only padding).
+    """
+    return tuple(
+        (k - 1 - lo, n + lo - s * (m - 1) - 1)
+        for k, n, m, s, (lo, _) in zip(kernel_hw, input_hw, output_hw, strides, pads, strict=True)
+    )
+
+
+def conv_transpose_nhwc(
+    kernel: jax.Array, y: jax.Array, input_hw: tuple[int, int], strides: tuple[int, int],
+    pads: Pads,
+) -> jax.Array:
+    r"""Aᵀ y for A = :func:`conv_nhwc` on (H, W) inputs, on a batch ``y`` (N, H', W', out).
+
+    One ``lax.conv_general_dilated`` with ``lhs_dilation = strides`` and the kernel flipped in
+    space with its in/out axes swapped, **materialized in HWIO order**: the same sums as
+    ``jax.linear_transpose`` of the layer (which yields the same convolution on a kernel read
+    in HWOI order), without the layout XLA's CPU backend runs several times slower than the
+    layer itself (``docs/design.md §operators``). Circular padding: the adjoint onto the
+    wrapped input, then the adjoint of the wrap (each wrapped copy added back to its sample).
+    Each output sums the products of the layer's matrix column with y: at most kh·kw·out
+    non-zero terms, as in the reference.
+    """
+    kh, kw = kernel.shape[:2]
+    k_adj = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    out_hw = y.shape[1:3]
+    if pads == "CIRCULAR":
+        cp = circular_pads((kh, kw))
+        padded_hw = tuple(n + lo + hi for n, (lo, hi) in zip(input_hw, cp, strict=True))
+        tp = transpose_pads((kh, kw), padded_hw, out_hw, strides, ((0, 0), (0, 0)))
+        z = lax.conv_general_dilated(
+            y, k_adj, (1, 1), tp, lhs_dilation=strides, dimension_numbers=DIMS, precision=HI
+        )
+        shape = jax.ShapeDtypeStruct((y.shape[0], *input_hw, kernel.shape[2]), y.dtype)
+        return jax.linear_transpose(lambda x: wrap_pad(x, (kh, kw)), shape)(z)[0]
+    tp = transpose_pads((kh, kw), input_hw, out_hw, strides, pads)
+    return lax.conv_general_dilated(
+        y, k_adj, (1, 1), tp, lhs_dilation=strides, dimension_numbers=DIMS, precision=HI
     )
 
 
@@ -223,11 +275,9 @@ class ConvOperator(LinearOperator):
         )
 
     def transpose(self, y: jax.Array) -> jax.Array:
-        """Aᵀ y (``jax.linear_transpose`` of :meth:`apply`) for y of shape out_shape or batched."""
+        """Aᵀ y (the adjoint, :func:`conv_transpose_nhwc`) for y of shape out_shape or batched."""
 
         def adjoint(yb):
-            shape = jax.ShapeDtypeStruct((yb.shape[0], *self.in_shape), self.dtype)
-            fwd = lambda xb: conv_nhwc(self._array, xb, self.strides, self.pads)  # noqa: E731
-            return jax.linear_transpose(fwd, shape)(yb)[0]
+            return conv_transpose_nhwc(self._array, yb, self.input_hw, self.strides, self.pads)
 
         return self._batched(jnp.asarray(y).astype(self.dtype), self.out_shape, "y", adjoint)
