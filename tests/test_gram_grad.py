@@ -11,7 +11,6 @@ a zero kernel gets a zero gradient and a non-finite one a NaN gradient.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import jax
@@ -47,20 +46,7 @@ def make_op(x, kw):
     return DenseOperator(x) if kw is None else ConvOperator(x, **kw)
 
 
-def _plain_max(pair, num_iters):
-    return jnp.max(gram_vjp._values(pair, num_iters))
-
-
-@contextlib.contextmanager
-def reference_path():
-    """gram_bound as it was: the same functions without the custom VJP (reverse mode through
-    every Gram step)."""
-    saved = gram.gram_max, gram.gram_values
-    gram.gram_max, gram.gram_values = _plain_max, gram_vjp._values
-    try:
-        yield
-    finally:
-        gram.gram_max, gram.gram_values = saved
+reference_path = gram_vjp.reverse_mode_reference  # gram_bound as it was
 
 
 def bound_fn(kw, num_iters=6):

@@ -38,6 +38,7 @@ gradient; the linear map kernel → K̂ is differentiated by JAX.
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import jax
@@ -151,3 +152,24 @@ def _max_bwd(num_iters, res, ct):
 
 
 gram_max.defvjp(_max_fwd, _max_bwd)
+
+
+@contextlib.contextmanager
+def reverse_mode_reference():
+    """Within it, :func:`liplax.norms.gram.gram_bound` and ``gram_iteration`` (traced anew) are
+    the implementation before the closed-form gradient: the same value, differentiated by JAX
+    through every Gram step. For tests and ``benchmarks/conv_norms.py`` only. One difference:
+    the maximum over frequencies is taken as v[argmax v], so that at exact ties (sparse kernels)
+    reverse mode picks the same maximizer as :func:`gram_max` (``jnp.max`` splits evenly)."""
+    from liplax.norms import gram
+
+    def first_max(pair, num_iters):
+        v = _values(pair, num_iters)
+        return v[jnp.argmax(jax.lax.stop_gradient(v))]
+
+    saved = gram.gram_max, gram.gram_values
+    gram.gram_max, gram.gram_values = first_max, _values
+    try:
+        yield
+    finally:
+        gram.gram_max, gram.gram_values = saved
