@@ -19,9 +19,9 @@ import jax.numpy as jnp
 
 from liplax import _checks
 from liplax.guarantee import gamma, guarantee
-from liplax.norms.dft import circular_setup, dft_error, frequency_pair
+from liplax.norms.dft import circular_setup, dft_error
 from liplax.norms.gram_core import GramState, gram_finish, gram_start, gram_steps
-from liplax.norms.gram_vjp import gram_max, gram_values
+from liplax.norms.gram_vjp import conv_gram_max, gram_values
 from liplax.norms.operator import ConvOperator, DenseOperator, LinearOperator
 from liplax.norms.scaling import cover_lost, scale, unscale
 
@@ -135,8 +135,7 @@ def _conv_gram_bound(op: ConvOperator, sc, num_iters: int) -> jax.Array:
     if pads == "CIRCULAR" and (hw[0] % st[0] or hw[1] % st[1]):
         circ_st = (1, 1)  # rows 0, s, 2s, … of the stride-1 circular conv: a submatrix.
     kpoly, n_poly = circular_setup(ks, hw, circ_st, pads)
-    re, im = frequency_pair(kpoly, n_poly)
-    bound = gram_max((re, im), num_iters) + dft_error(kpoly)
+    bound = conv_gram_max(kpoly, n_poly, num_iters) + dft_error(kpoly)
     d_in = hw[0] * hw[1] * cin
     # The dense path needs A·eᵢ computed exactly: true for zero padding; circular padding gains
     # nothing from it except for a stride that does not divide (and taps must not alias).

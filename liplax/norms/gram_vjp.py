@@ -19,8 +19,8 @@ from Euler's identity for the 1-homogeneous r, ⟨∇r, A⟩ = r: for any H = λ
 So the backward pass forms X_1⋯X_T (T − 1 products, each normalized by its Frobenius norm so
 that nothing underflows) and H = A·X_1⋯X_T: T products, where reverse-mode differentiation
 through the steps costs 2T (each step's product has two adjoints). :func:`gram_values` keeps
-the iterates of the forward pass for it (the memory reverse mode needs too); :func:`gram_max`
-recomputes them for its one matrix. The rounding margin of
+the iterates of the forward pass for it (the memory reverse mode needs too);
+:func:`conv_gram_max` recomputes them for its one matrix. The rounding margin of
 :func:`~liplax.norms.gram_core.gram_finish` is a constant for the gradient (as before, a
 ``stop_gradient``), so the gradient of a value v = r̂·margin is v·H/⟨H, A⟩ = margin·∇r evaluated
 at the recomputed iterates (r̂ the computed Schatten norm): the derivative of the exact Schatten
@@ -28,12 +28,13 @@ norm, where autodiff through the steps gives the derivative of its floating-poin
 both agree to rounding. At A = 0 the gradient is 0 (a subgradient: r is a norm), at a NaN
 matrix NaN.
 
-For a convolution the bound is max_f v_f over the frequency matrices K̂_f (:func:`gram_max`):
+For a convolution the bound is max_f v_f over the frequency matrices K̂_f
+(:func:`conv_gram_max`):
 its gradient is that of v_{f*} at f* = the first index attaining the maximum (``jnp.argmax``),
 an element of the Clarke subdifferential conv{∇v_f : v_f maximal}; it equals ``jax.grad`` of
 ``jnp.max`` (which splits exact ties evenly) whenever the maximum is attained once. The
-backward pass recomputes the Gram steps of that one frequency matrix only and scatters its
-gradient; the linear map kernel → K̂ is differentiated by JAX.
+backward pass recomputes that one frequency matrix and its Gram steps only, and maps the
+gradient back to the kernel through the twiddles of that frequency (K̂_f is linear in k).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from liplax.norms.dft import frequency_pair, twiddles
 from liplax.norms.gram_core import (
     GramState,
     _frob,
@@ -126,32 +128,42 @@ def _values_bwd(num_iters, res, ct):
 gram_values.defvjp(_values_fwd, _values_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def gram_max(pair: Pair, num_iters: int) -> jax.Array:
-    """max over the leading axis of :func:`gram_values` of a batch (F, m, n); its gradient flows
-    into the first maximizing matrix only and is computed from it alone: its T Gram steps are
-    recomputed (nothing of the F-batch is stored), then T products (module docstring)."""
-    return jnp.max(_values(pair, num_iters))
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def conv_gram_max(kernel: jax.Array, n_hw: tuple[int, int], num_iters: int) -> jax.Array:
+    """max over the frequency matrices K̂_f of a stride-1 circular ``kernel`` on ``n_hw``
+    (:func:`~liplax.norms.dft.frequency_pair`) of :func:`gram_values`. Its gradient flows into
+    the first maximizing frequency f* only and is computed from it alone (module docstring):
+    K̂_{f*} and its T Gram steps are recomputed (the residuals are the kernel, f* and the value,
+    nothing of size F), then T products, and the gradient goes back to the kernel through the
+    twiddles of f*: ∂/∂k[p, q] = cos θ_{f*,pq}·∂/∂Re K̂ + sin θ_{f*,pq}·∂/∂Im K̂."""
+    return jnp.max(_values(frequency_pair(kernel, n_hw), num_iters))
 
 
-def _max_fwd(pair, num_iters):
-    v = _values(pair, num_iters)
+def _max_fwd(kernel, n_hw, num_iters):
+    v = _values(frequency_pair(kernel, n_hw), num_iters)
     f = jnp.argmax(v)
-    return jnp.max(v), (pair, f, v[f])
+    return jnp.max(v), (kernel, f, v[f])
 
 
-def _max_bwd(num_iters, res, ct):
-    pair, f, v = res
-    one = tuple(c[f] for c in pair)
-    x, iterates = (one[0], one[1] if len(one) == 2 else None), []
+def _max_bwd(n_hw, num_iters, res, ct):
+    kernel, f, v = res
+    kh, kw, cin, cout = kernel.shape
+    k = kernel if cin >= cout else jnp.swapaxes(kernel, 2, 3)
+    m, n = k.shape[2:]
+    k = k.reshape(kh * kw, m * n)
+    cos, sin = (c[f] for c in twiddles((kh, kw), n_hw, kernel.dtype))  # (kh·kw,) each
+    one = tuple(_mm(c[None], k).reshape(m, n) for c in (cos, sin))  # K̂_{f*} as in the forward
+    x, iterates = one, []
     for _ in range(num_iters):  # static: T is small, one matrix
         x, _ = _normalized_gram(*x)
         iterates.append(x)
-    grad = _gradient(one, v, iterates)
-    return (tuple(jnp.zeros_like(c).at[f].set(ct * g) for c, g in zip(pair, grad, strict=True)),)
+    g_re, g_im = _gradient(one, v, iterates)
+    dk = (cos[:, None] * g_re.reshape(1, m * n) + sin[:, None] * g_im.reshape(1, m * n)) * ct
+    dk = dk.reshape(kh, kw, m, n)
+    return (dk if cin >= cout else jnp.swapaxes(dk, 2, 3),)
 
 
-gram_max.defvjp(_max_fwd, _max_bwd)
+conv_gram_max.defvjp(_max_fwd, _max_bwd)
 
 
 @contextlib.contextmanager
@@ -160,16 +172,16 @@ def reverse_mode_reference():
     the implementation before the closed-form gradient: the same value, differentiated by JAX
     through every Gram step. For tests and ``benchmarks/conv_norms.py`` only. One difference:
     the maximum over frequencies is taken as v[argmax v], so that at exact ties (sparse kernels)
-    reverse mode picks the same maximizer as :func:`gram_max` (``jnp.max`` splits evenly)."""
+    reverse mode picks the same maximizer as :func:`conv_gram_max` (``jnp.max`` splits evenly)."""
     from liplax.norms import gram
 
-    def first_max(pair, num_iters):
-        v = _values(pair, num_iters)
+    def first_max(kernel, n_hw, num_iters):
+        v = _values(frequency_pair(kernel, n_hw), num_iters)
         return v[jnp.argmax(jax.lax.stop_gradient(v))]
 
-    saved = gram.gram_max, gram.gram_values
-    gram.gram_max, gram.gram_values = first_max, _values
+    saved = gram.conv_gram_max, gram.gram_values
+    gram.conv_gram_max, gram.gram_values = first_max, _values
     try:
         yield
     finally:
-        gram.gram_max, gram.gram_values = saved
+        gram.conv_gram_max, gram.gram_values = saved
