@@ -1,4 +1,4 @@
-r"""The gradient of the Gram bound in closed form, without differentiating through the steps.
+r"""The derivative of the Gram bound in closed form, without differentiating through the steps.
 
 Derivation (``docs/design.md §norms``). Let A ∈ ℂ^{m×n} (m ≥ n; a real matrix is the case
 Im A = 0), T Gram steps, q = 2^{T+1}. Before its rounding margin the Gram bound is the Schatten
@@ -16,11 +16,13 @@ from Euler's identity for the 1-homogeneous r, ⟨∇r, A⟩ = r: for any H = λ
 
     ∇r = r·H / ⟨H, A⟩,   ⟨H, A⟩ = λ·(c_1⋯c_T)·tr((AᴴA)^{2^T}) > 0.
 
-So the backward pass forms X_1⋯X_T (T − 1 products, each normalized by its Frobenius norm so
-that nothing underflows) and H = A·X_1⋯X_T: T products, where reverse-mode differentiation
-through the steps costs 2T (each step's product has two adjoints). :func:`gram_values` keeps
-the iterates of the forward pass for it (the memory reverse mode needs too);
-:func:`conv_gram_max` recomputes them for its one matrix. The rounding margin of
+So the derivative needs X_1⋯X_T (T − 1 products, each normalized by its Frobenius norm so that
+nothing underflows) and H = A·X_1⋯X_T: T products, where reverse-mode differentiation through
+the steps costs 2T (each step's product has two adjoints). The rules are ``jax.custom_jvp``
+(forward and reverse mode; the tangent ⟨∇v, dA⟩ is linear, JAX transposes it): when
+differentiated, :func:`gram_values` keeps the iterates of its forward pass and forms the
+gradient at once (the residual is the gradient, one matrix each); :func:`conv_gram_max`
+recomputes the iterates of its one maximizing matrix. The rounding margin of
 :func:`~liplax.norms.gram_core.gram_finish` is a constant for the gradient (as before, a
 ``stop_gradient``), so the gradient of a value v = r̂·margin is v·H/⟨H, A⟩ = margin·∇r evaluated
 at the recomputed iterates (r̂ the computed Schatten norm): the derivative of the exact Schatten
@@ -28,12 +30,11 @@ norm, where autodiff through the steps gives the derivative of its floating-poin
 both agree to rounding. At A = 0 the gradient is 0 (a subgradient: r is a norm), at a NaN
 matrix NaN.
 
-For a convolution the bound is max_f v_f over the frequency matrices K̂_f
-(:func:`conv_gram_max`):
+For a convolution the bound is max_f v_f over the frequency matrices K̂_f (:func:`conv_gram_max`):
 its gradient is that of v_{f*} at f* = the first index attaining the maximum (``jnp.argmax``),
 an element of the Clarke subdifferential conv{∇v_f : v_f maximal}; it equals ``jax.grad`` of
 ``jnp.max`` (which splits exact ties evenly) whenever the maximum is attained once. The
-backward pass recomputes that one frequency matrix and its Gram steps only, and maps the
+derivative recomputes that one frequency matrix and its Gram steps only, and maps the
 gradient back to the kernel through the twiddles of that frequency (K̂_f is linear in k).
 """
 
@@ -103,67 +104,63 @@ def _gradient(pair: Pair, values: jax.Array, iterates: list) -> Pair:
     return tuple(coef * c for c in h[: len(pair)])
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def gram_values(pair: Pair, num_iters: int) -> jax.Array:
     """Per-matrix Gram bound (margin included) of a batch (..., m, n) given as (re,) or
-    (re, im), with the closed-form gradient of the module docstring (the T iterates are kept
-    for it: T more products in the backward pass, where reverse mode costs 2T)."""
+    (re, im), with the closed-form derivative of the module docstring (when differentiated, the
+    forward pass keeps its T iterates and forms the gradient from them: T more products, where
+    reverse mode through the steps costs 2T; the residual is the gradient, one matrix each)."""
     return _values(pair, num_iters)
 
 
-def _values_fwd(pair, num_iters):
+@gram_values.defjvp
+def _values_jvp(num_iters, primals, tangents):
+    (pair,), (dpair,) = primals, tangents
     state, kept = gram_steps_kept(_start(pair), num_iters)
     v = gram_finish(state, pair[0].shape[-2])
-    return v, (pair, v, kept)
-
-
-def _values_bwd(num_iters, res, ct):
-    pair, v, kept = res
     iterates = [] if kept is None else [
         tuple(None if k is None else k[t] for k in kept) for t in range(num_iters)]
     grad = _gradient(pair, v, iterates)
-    return (tuple(ct[..., None, None] * g for g in grad),)
+    dv = sum(jnp.sum(g * d, axis=(-2, -1)) for g, d in zip(grad, dpair, strict=True))
+    return v, dv
 
 
-gram_values.defvjp(_values_fwd, _values_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def conv_gram_max(kernel: jax.Array, n_hw: tuple[int, int], num_iters: int) -> jax.Array:
     """max over the frequency matrices K̂_f of a stride-1 circular ``kernel`` on ``n_hw``
-    (:func:`~liplax.norms.dft.frequency_pair`) of :func:`gram_values`. Its gradient flows into
-    the first maximizing frequency f* only and is computed from it alone (module docstring):
-    K̂_{f*} and its T Gram steps are recomputed (the residuals are the kernel, f* and the value,
-    nothing of size F), then T products, and the gradient goes back to the kernel through the
-    twiddles of f*: ∂/∂k[p, q] = cos θ_{f*,pq}·∂/∂Re K̂ + sin θ_{f*,pq}·∂/∂Im K̂."""
+    (:func:`~liplax.norms.dft.frequency_pair`) of :func:`gram_values`. Its derivative is that of
+    the first maximizing frequency f* only, computed from it alone (module docstring): K̂_{f*}
+    is rebuilt and its T Gram steps recomputed (nothing of size F is kept), then T products,
+    and the gradient goes back to the kernel through the twiddles of f*:
+    ∂/∂k[p, q] = cos θ_{f*,pq}·∂/∂Re K̂ + sin θ_{f*,pq}·∂/∂Im K̂."""
     return jnp.max(_values(frequency_pair(kernel, n_hw), num_iters))
 
 
-def _max_fwd(kernel, n_hw, num_iters):
+@conv_gram_max.defjvp
+def _max_jvp(n_hw, num_iters, primals, tangents):
+    (kernel,), (dkernel,) = primals, tangents
     v = _values(frequency_pair(kernel, n_hw), num_iters)
     f = jnp.argmax(v)
-    return jnp.max(v), (kernel, f, v[f])
+    grad = _kernel_gradient(kernel, n_hw, num_iters, f, v[f])
+    return jnp.max(v), jnp.sum(grad * dkernel)
 
 
-def _max_bwd(n_hw, num_iters, res, ct):
-    kernel, f, v = res
+def _kernel_gradient(kernel, n_hw, num_iters, f, v):
+    """∂v_f/∂kernel for the frequency index f whose value is v (see :func:`conv_gram_max`)."""
     kh, kw, cin, cout = kernel.shape
     k = kernel if cin >= cout else jnp.swapaxes(kernel, 2, 3)
     m, n = k.shape[2:]
     k = k.reshape(kh * kw, m * n)
     cos, sin = (c[f] for c in twiddles((kh, kw), n_hw, kernel.dtype))  # (kh·kw,) each
-    one = tuple(_mm(c[None], k).reshape(m, n) for c in (cos, sin))  # K̂_{f*} as in the forward
+    one = tuple(_mm(c[None], k).reshape(m, n) for c in (cos, sin))  # K̂_f as in the forward
     x, iterates = one, []
     for _ in range(num_iters):  # static: T is small, one matrix
         x, _ = _normalized_gram(*x)
         iterates.append(x)
     g_re, g_im = _gradient(one, v, iterates)
-    dk = (cos[:, None] * g_re.reshape(1, m * n) + sin[:, None] * g_im.reshape(1, m * n)) * ct
+    dk = cos[:, None] * g_re.reshape(1, m * n) + sin[:, None] * g_im.reshape(1, m * n)
     dk = dk.reshape(kh, kw, m, n)
-    return (dk if cin >= cout else jnp.swapaxes(dk, 2, 3),)
-
-
-conv_gram_max.defvjp(_max_fwd, _max_bwd)
+    return dk if cin >= cout else jnp.swapaxes(dk, 2, 3)
 
 
 @contextlib.contextmanager
