@@ -18,7 +18,7 @@ from jax import lax
 
 from liplax.guarantee import guarantee
 from liplax.norms.dft import circular_setup, frequency_pair
-from liplax.norms.gram import GramState, gram_finish, gram_start, gram_steps
+from liplax.norms.gram_core import GramState, gram_finish, gram_start, gram_steps
 from liplax.norms.induced import alias_kernel
 from liplax.norms.operator import HI, ConvOperator, LinearOperator
 from liplax.norms.scaling import cover_lost, scale, unscale
