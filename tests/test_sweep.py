@@ -258,7 +258,7 @@ def _run_on_devices(count: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # two fresh processes (~20 s); test_one_device_mesh_equals_no_mesh runs by default
+@pytest.mark.slow  # two fresh processes (~20 s); the 1-device mesh test runs by default
 def test_one_and_four_devices_agree():
     one, four = _run_on_devices(1), _run_on_devices(4)
     assert one.keys() == four.keys()
