@@ -113,8 +113,8 @@ def _compile_together(jobs: list) -> list:
         fn, args, options = job
         return fn.lower(*args).compile(compiler_options=options)
 
-    if len(jobs) == 1:
-        return [one(jobs[0])]
+    if len(jobs) <= 1:
+        return [one(job) for job in jobs]
     with ThreadPoolExecutor(len(jobs)) as pool:
         return list(pool.map(one, jobs))
 
