@@ -160,6 +160,7 @@ def test_strided_cnn_layout_and_exact_factors():
             np.testing.assert_allclose(float(b.value), truth, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["cnn_strided", "cnn_aol"])
 def test_trivial_bound_is_above_float64_jacobian_norms(model_name):
     config = tiny_config(f"model={model_name}", "widths=4,6,6,4")
@@ -206,6 +207,7 @@ def test_evaluation_compiles_three_programs_for_every_size(digits):
         np.testing.assert_allclose(got["attained_gain"], exp["attained_gain"], rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fashion-cnn4", "fashion-cnn4-nopen", "fashion-cnn4-aol"])
 def test_fashion_cnn4_configs_build_four_convolutions(name):
     config = training.get_config(name)

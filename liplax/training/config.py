@@ -203,12 +203,12 @@ def with_overrides(config: Config, overrides: Sequence[str]) -> Config:
 # Fashion-MNIST CNNs with 4 convolutions 16-32-32-32 (liplax.training.models_cnn): the tight
 # strided recipe, the same network unpenalized, and the AOL 1-Lipschitz baseline, same budget.
 _CNN4_COMMON = dict(
-    dataset="fashion-mnist", widths=(16, 32, 32, 32), batch_size=128, steps=3000,
+    dataset="fashion-mnist", widths=(16, 32, 32, 32), batch_size=128, steps=2000,
     learning_rate=2e-3, log_every=100, eval_every=1000, checkpoint_every=1000, eval_examples=1000,
     eps=(0.1, 0.3, 0.5, 1.0),
 )
 _CNN4 = {
-    "fashion-cnn4": Config(name="fashion-cnn4", model="cnn_strided", penalty_weight=0.1,
+    "fashion-cnn4": Config(name="fashion-cnn4", model="cnn_strided", penalty_weight=0.3,
                            **_CNN4_COMMON),
     "fashion-cnn4-nopen": Config(name="fashion-cnn4-nopen", model="cnn_strided", penalty="none",
                                  **_CNN4_COMMON),
