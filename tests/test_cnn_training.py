@@ -75,12 +75,13 @@ def test_chunk_runs_no_convolution_inside_a_loop_over_steps(digits):
     run = training.init_run(config, digits.input_shape, 10)
     chunk = training.step.make_chunk(run, len(digits.y_train), None)
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
-    jaxpr = jax.make_jaxpr(lambda s: chunk(s, x, y, 3))(run.state)
+    jaxpr = jax.make_jaxpr(lambda s: chunk(s, x, y, 2))(run.state)
     assert _loops_over_convs(jaxpr) == []
     n_conv = str(jaxpr).count("conv_general_dilated")
     assert n_conv > 0  # the steps' convolutions are there, outside any loop
 
 
+@pytest.mark.slow
 def test_chunks_of_any_split_reach_the_same_state(digits):
     # 3 + 4 steps and 7 steps: the same batches (a pure function of seed and step) and updates.
     config = tiny_config(*CNN)
@@ -98,6 +99,7 @@ def test_chunks_of_any_split_reach_the_same_state(digits):
     assert_same_state(*states)
 
 
+@pytest.mark.slow
 def test_chunk_metrics_are_the_mean_of_the_steps(digits):
     config = tiny_config(*CNN)
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
@@ -131,7 +133,10 @@ def _models():
     return out
 
 
-@pytest.mark.parametrize("name", ["residual", "cnn", "cnn_strided", "cnn_aol", "leaf"])
+@pytest.mark.parametrize("name", [
+    "cnn_strided",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ("residual", "cnn", "cnn_aol", "leaf")),
+])
 def test_certified_bounds_compose_to_the_trivial_bound(name):
     model, shape = _models()[name]
     model.eval()
@@ -143,6 +148,7 @@ def test_certified_bounds_compose_to_the_trivial_bound(name):
     assert [float(b.value) for b in rows] == [float(b.value) for _, b in table]
 
 
+@pytest.mark.slow
 def test_strided_cnn_layout_and_exact_factors():
     config = tiny_config("model=cnn_strided", "widths=3,4,4,2")
     model = build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(2))
@@ -184,6 +190,7 @@ def test_aol_cnn_needs_even_widths():
         build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_evaluation_compiles_three_programs_for_every_size(digits):
     config = tiny_config(*CNN, "lower_steps=3", "lower_restarts=2")
     run = training.init_run(config, digits.input_shape, 10)
