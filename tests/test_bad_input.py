@@ -32,6 +32,7 @@ from liplax import bounds, certify, conv, linalg, norms, training
 from liplax.guarantee import Bound
 from liplax.training import data, losses
 from liplax.training.checkpoint import CheckpointError, OutputError, check_output_dir
+from liplax.training.models_cnn import build_cnn
 from tests.nn_helpers import rngs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -428,6 +429,9 @@ CASES = [
     # ---------------------------------------------------------------- training (liplax train)
     Case("training.get_config", "an unknown config", lambda: training.get_config("nope"),
          ValueError, "unknown config 'nope'; choose one of " + ", ".join(training.CONFIGS)),
+    Case("training.models_cnn.build_cnn", "cnn_aol with odd widths",
+         lambda: build_cnn("cnn_aol", (8, 8, 1), (4, 5), 10, rngs=rngs()), ValueError,
+         "build_model: cnn_aol needs even widths (MaxMin sorts pairs), got (4, 5)"),
     Case("training.with_overrides", "--set steps=1.5",
          lambda: training.get_config("default", ["steps=1.5"]), ValueError,
          "config: steps='1.5' is not a valid int"),

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 # No JAX, Flax or liplax.nn here: the command line parses and checks a config without them.
 
-MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn")
+MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn", "cnn_strided",
+          "cnn_aol")
 PENALTIES = ("none", "log", "product", "hinge")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -199,6 +200,22 @@ def with_overrides(config: Config, overrides: Sequence[str]) -> Config:
     return dataclasses.replace(config, **changes)
 
 
+# Fashion-MNIST CNNs with 4 convolutions 16-32-32-32 (liplax.training.models_cnn): the tight
+# strided recipe, the same network unpenalized, and the AOL 1-Lipschitz baseline, same budget.
+_CNN4_COMMON = dict(
+    dataset="fashion-mnist", widths=(16, 32, 32, 32), batch_size=128, steps=2000,
+    learning_rate=2e-3, log_every=100, eval_every=1000, checkpoint_every=1000, eval_examples=1000,
+    eps=(0.1, 0.3, 0.5, 1.0),
+)
+_CNN4 = {
+    "fashion-cnn4": Config(name="fashion-cnn4", model="cnn_strided", penalty_weight=0.3,
+                           **_CNN4_COMMON),
+    "fashion-cnn4-nopen": Config(name="fashion-cnn4-nopen", model="cnn_strided", penalty="none",
+                                 **_CNN4_COMMON),
+    "fashion-cnn4-aol": Config(name="fashion-cnn4-aol", model="cnn_aol", penalty="none",
+                               loss="offset_ce", offset=1.5, temperature=8.0, **_CNN4_COMMON),
+}
+
 CONFIGS: dict[str, Config] = {
     # The default (make demo): digits, a bias-free sinusoidal MLP, log trivial-bound penalty.
     "default": Config(name="default"),
@@ -223,6 +240,7 @@ CONFIGS: dict[str, Config] = {
         margin=0.1, alpha=50.0,
     ),
     "cnn": Config(name="cnn", model="cnn", widths=(16, 32), penalty_weight=0.05, grouped=True),
+    **_CNN4,
 }
 
 

@@ -7,8 +7,10 @@ r"""The training loop: optax over NNX models, the trivial-bound penalty, evaluat
    (:func:`liplax.bounds.trivial_bound_penalty`, fast path: one warm power-iteration step per layer
    and step, state moved in training mode), with λ ramped linearly from 0 over ``penalty_warmup``
    steps. The optimizer is optax (adam or sgd, warm-up + cosine decay).
-2. **Steps in chunks** (:mod:`liplax.training.step`). ``log_every`` steps run inside one jitted
-   ``lax.scan``; batches are drawn on device by :func:`liplax.training.data.batch_indices`, a
+2. **Steps in chunks** (:mod:`liplax.training.step`). ``log_every`` steps are enqueued as
+   calls of one compiled step (no host round trip until the chunk's metrics are read; no
+   ``lax.scan``, whose loop body XLA's CPU backend runs slowly for convolutions); batches are
+   drawn on device by :func:`liplax.training.data.batch_indices`, a
    pure function of (seed, step). The data order
    is therefore part of the state that a checkpoint restores, and a resumed run replays exactly
    the computation of an uninterrupted one.
@@ -62,12 +64,11 @@ from liplax.training.checkpoint import (
     tree_bytes,
 )
 from liplax.training.config import Config
-from liplax.training.evaluation import make_evaluator
+from liplax.training.evaluation import layer_table, make_evaluator
 from liplax.training.outputs import (
     Progress,
     Stages,
     finished_report,
-    layer_rows,
     plot_history,
     run_meta,
     run_report,
@@ -214,8 +215,7 @@ def train(
             entry = {"step": step, **metrics, "chunk_seconds": round(dt, 4)}
             if step % config.eval_every == 0 and step < config.steps:
                 ev = evaluate(state, x_eval, y_eval, jax.random.fold_in(eval_key, step))
-                ev.pop("_witness")
-                entry.update(ev)
+                entry.update({k: v for k, v in ev.items() if not k.startswith("_")})
                 _check_finite(entry, step - n, n, store, out)
             history.append(entry)
             with open(progress_log, "a", encoding="utf-8") as f:
@@ -240,11 +240,11 @@ def train(
     stage = Stages(quiet)
     with stage(f"certified bound, lower-bound search and accuracy on {len(y_test)} test examples"):
         final = evaluate(state, x_test, y_test, jax.random.fold_in(eval_key, config.steps))
-    witness = final.pop("_witness")
+    final.pop("_witness")
+    layer_bounds, gains = final.pop("_layer_bounds"), final.pop("_gains")
     _check_finite(final, step - 1, 1, store, out)
-    model = eval_model(run, state)
-    with stage("per-layer bounds and gains"):
-        final["layer_bounds"] = layer_rows(model, run.input_shape, config.p, witness)
+    with stage("per-layer bounds and gains"):  # computed by the evaluation: no compilation
+        final["layer_bounds"] = layer_table(eval_model(run, state), layer_bounds, gains)
     final["devices"] = 1 if mesh is None else mesh.size
     history_final = {"step": config.steps, "final": True, **{k: v for k, v in final.items()
                                                              if k != "layer_bounds"}}

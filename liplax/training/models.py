@@ -31,6 +31,7 @@ from flax import nnx
 
 from liplax import nn as lnn
 from liplax.training.config import Config
+from liplax.training.models_cnn import CNN_MODELS, build_cnn
 
 ACTIVATIONS = ("maxmin", "relu")
 WEIGHTS = ("bjorck", "spectral")
@@ -49,6 +50,8 @@ def build_model(
     d = math.prod(shape)
     w = config.widths
     k = int(num_classes)
+    if config.model in CNN_MODELS:  # strided and AOL CNNs (liplax.training.models_cnn)
+        return build_cnn(config.model, shape, w, k, rngs=rngs)
     if config.model == "cnn":
         if len(shape) != 3:
             raise ValueError(f"build_model: cnn needs (H, W, C) inputs, got {shape}")

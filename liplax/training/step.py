@@ -1,6 +1,7 @@
-r"""One jitted chunk of training steps: the objective, its penalty weight, the batches.
+r"""A chunk of training steps: the objective, its penalty weight, the batches.
 
-:func:`make_chunk` compiles ``num_steps`` optimizer steps into one ``lax.scan``. The batches come
+:func:`make_chunk` runs ``num_steps`` optimizer steps, one compiled step per call (no host
+round trip inside a chunk; why not ``lax.scan``: see :func:`make_chunk`). The batches come
 from :func:`chunk_batch_indices`, a pure function of (seed, step) equal to
 :func:`liplax.training.data.batch_indices` step by step, so a resumed run replays exactly the
 computation of an uninterrupted one.
@@ -22,6 +23,9 @@ from liplax import bounds
 from liplax.training import data, losses
 from liplax.training.config import Config
 from liplax.training.state import Run, TrainState
+
+#: the per-step metrics a chunk averages.
+METRICS = ("loss", "penalty", "objective", "train_accuracy")
 
 
 def penalty_weight(config: Config, step: jax.Array) -> jax.Array:
@@ -46,12 +50,21 @@ def loss_function(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
-    """jit(state, x_all, y_all, num_steps) → (state, metrics averaged over the chunk).
+    """chunk(state, x_all, y_all, num_steps) → (state, metrics averaged over the chunk).
 
     Each step minimizes ``loss(f(x), y) + λ(t)·penalty(f)`` (:func:`loss_function`,
     :func:`penalty_weight`, :func:`liplax.bounds.trivial_bound_penalty`) on the batch
-    :func:`chunk_batch_indices` draws; ``num_steps`` (static) steps run in one ``lax.scan``, and
-    the state is donated. With a ``mesh`` the batch is sharded over its ``"data"`` axis.
+    :func:`chunk_batch_indices` draws. The chunk's batch indices are drawn by one jitted call;
+    each step is then one call of one compiled step (state and running metric sums donated,
+    the batch gathered on device from the chunk's index table, nothing read back to the host),
+    so the host only enqueues work. With a ``mesh`` the batch is sharded over its ``"data"``
+    axis.
+
+    Why not ``lax.scan`` over the steps: XLA's CPU backend runs the convolutions of a loop
+    body several times slower than the same convolutions outside a loop (15× for the 4-conv
+    CNN of ``fashion-cnn4``, ``benchmarks/train_step.py``), while one dispatch per step costs
+    well under a millisecond. The computation of each step is unchanged, so a resumed run still
+    replays an uninterrupted one (docs/design.md §training).
     """
     config, graphdef, tx = run.config, run.graphdef, run.tx
     loss_fn = loss_function(config)
@@ -91,16 +104,25 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
         metrics = {"loss": data_loss, "penalty": pen, "objective": total, "train_accuracy": acc}
         return new, metrics
 
-    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
-    def chunk(state, x_all, y_all, num_steps: int):
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(state, sums, x_all, y_all, batches, t):
+        state, metrics = one_step(state, x_all, y_all, batches[t])
+        return state, jax.tree.map(jnp.add, sums, metrics)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def indices(state, num_steps: int):
         data_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 1)
-        batches = chunk_batch_indices(data_key, n_train, config.batch_size, state.step, num_steps)
+        return chunk_batch_indices(data_key, n_train, config.batch_size, state.step, num_steps)
 
-        def body(st, idx):
-            return one_step(st, x_all, y_all, idx)
-
-        state, ms = jax.lax.scan(body, state, batches)
-        return state, jax.tree.map(jnp.mean, ms)
+    def chunk(state, x_all, y_all, num_steps: int):
+        num_steps = int(num_steps)
+        if num_steps < 1:
+            raise ValueError(f"chunk: num_steps must be ≥ 1, got {num_steps}")
+        batches = indices(state, num_steps)
+        sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}  # distinct buffers (donated)
+        for t in range(num_steps):
+            state, sums = step(state, sums, x_all, y_all, batches, jnp.int32(t))
+        return state, jax.tree.map(lambda v: v / num_steps, sums)
 
     return chunk
 

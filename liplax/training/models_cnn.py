@@ -1,0 +1,81 @@
+r"""Convolutional models of the training configs: pooled, strided (tight) and AOL (1-Lipschitz).
+
+Over (H, W, C) inputs, one convolution per entry of ``config.widths``, then
+``Flatten`` and a bias-free dense head (docs/design.md §training, "CNNs whose trivial bound is
+tight"):
+
+The pooled ``cnn`` of :mod:`liplax.training.models` (2×2 average pooling after every
+convolution) is loose by construction: average pooling has ℓ2 constant 1/2 but passes that gain
+only for inputs constant on each window. Here:
+
+- ``cnn_strided``: circular 3×3 :class:`liplax.nn.Conv` whose second and third convolutions
+  have stride 2 (downsampling inside the convolution, no pooling), |·| after each. Every
+  factor of the trivial bound is attainable: the circular convolution's ℓ2 norm (exact, by FFT
+  and polyphase decomposition, Sedghi et al. 2019) is reached along its top singular vector,
+  |·| has Jacobian diag(±1), an isometry wherever no pre-activation is 0, and the final
+  dense layer's norm is exact. What remains is misalignment between layers, which the
+  trivial-bound penalty removes.
+- ``cnn_aol``: the same layout with :class:`liplax.nn.AOLConv` (certified 1-Lipschitz for every
+  size, padding and stride; Prach & Lampert, ECCV 2022), MaxMin (GroupSort with groups of 2;
+  Anil et al., ICML 2019) and an :class:`liplax.nn.AOLDense` head: the 1-Lipschitz baseline.
+
+A stride-2 circular convolution needs an even input (the stride must divide the size for the
+exact norm); a layer that would see an odd size keeps stride 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flax import nnx
+
+from liplax import nn as lnn
+
+#: the models built here (``cnn``, the pooled one, is built by :mod:`liplax.training.models`).
+CNN_MODELS = ("cnn_strided", "cnn_aol")
+#: the (0-based) convolutions that downsample by 2 in the strided families.
+STRIDED_LAYERS = (1, 2)
+
+
+def _check_shape(model: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ValueError(f"build_model: {model} needs (H, W, C) inputs, got {shape}")
+    return shape
+
+
+def _strided(model, shape, widths, k: int, rngs: nnx.Rngs) -> lnn.Sequential:
+    h, wd, c = _check_shape(model, shape)
+    aol = model == "cnn_aol"
+    if aol and any(ch % 2 for ch in widths):
+        raise ValueError(f"build_model: cnn_aol needs even widths (MaxMin sorts pairs), "
+                         f"got {tuple(widths)}")
+    layers: list = []
+    for i, ch in enumerate(widths):
+        s = 2 if i in STRIDED_LAYERS and h % 2 == 0 and wd % 2 == 0 else 1
+        if aol:
+            layers += [lnn.AOLConv(c, ch, (3, 3), strides=s, padding="CIRCULAR", rngs=rngs),
+                       lnn.MaxMin()]
+        else:
+            layers += [lnn.Conv(c, ch, (3, 3), input_size=(h, wd), strides=s,
+                                padding="CIRCULAR", rngs=rngs), lnn.Abs()]
+        c, h, wd = ch, h // s, wd // s
+    head = lnn.AOLDense if aol else lnn.Dense
+    return lnn.Sequential(*layers, lnn.Flatten(), head(h * wd * c, k, rngs=rngs))
+
+
+def build_cnn(
+    model: str, input_shape: Sequence[int], widths: Sequence[int], num_classes: int, *,
+    rngs: nnx.Rngs,
+) -> lnn.Sequential:
+    """The CNN named ``model`` (one of :data:`CNN_MODELS`) for one example of shape (H, W, C).
+
+    ``widths``: the output channels of the convolutions; ``num_classes``: the head's outputs.
+    All parameters and power-iteration states are created here. See the module docstring.
+    """
+    if model not in CNN_MODELS:
+        raise ValueError(f"build_cnn: model must be one of {CNN_MODELS}, got {model!r}")
+    shape = tuple(int(s) for s in input_shape)
+    return _strided(model, shape, widths, int(num_classes), rngs)
+
+
+__all__ = ["CNN_MODELS", "STRIDED_LAYERS", "build_cnn"]

@@ -1,0 +1,225 @@
+"""The CNN training path: strided and AOL CNN builders, the per-step chunk, the evaluation.
+
+- the chunk runs no convolution inside a compiled loop over training steps (XLA's CPU backend
+  runs loop-body convolutions many times slower), and chunks of any split reach the same state;
+- the evaluation's certified bound, composed from the top-level rows, is the trivial bound, and
+  its three programs are compiled once for every evaluation size;
+- the strided CNN's factors are exact (float64 SVD of the materialized operators) and its
+  trivial bound is above float64 Jacobian norms; the AOL CNN is 1-Lipschitz.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from liplax import bounds, training
+from liplax import nn as lnn
+from liplax.training import evaluation
+from liplax.training.models import build_model
+from liplax.training.outputs import layer_rows
+from tests import reference as ref
+from tests.train_helpers import assert_same_state, tiny_config
+
+CNN = ["model=cnn_strided", "widths=4,6,6,4"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return training.data.load_digits()
+
+
+def _loops_over_convs(jaxpr) -> list[str]:
+    """Loop primitives (a scan of length > 1, any while loop) whose body holds a convolution."""
+    found = []
+
+    def has_conv(jx) -> bool:
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                return True
+            if any(has_conv(sub) for sub in _subjaxprs(eqn)):
+                return True
+        return False
+
+    def walk(jx):
+        for eqn in jx.eqns:
+            name = eqn.primitive.name
+            loop = name == "while" or (name == "scan" and eqn.params["length"] > 1)
+            if loop and any(has_conv(sub) for sub in _subjaxprs(eqn)):
+                found.append(name)
+            for sub in _subjaxprs(eqn):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return found
+
+
+def _subjaxprs(eqn):
+    for v in eqn.params.values():
+        for item in v if isinstance(v, tuple | list) else (v,):
+            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+            elif hasattr(item, "eqns"):
+                yield item
+
+
+def test_chunk_runs_no_convolution_inside_a_loop_over_steps(digits):
+    # Old mechanism: the chunk was one lax.scan over its steps; XLA's CPU backend then ran every
+    # convolution inside the loop body, 15× slower than the hand-written per-step loop.
+    config = tiny_config(*CNN)
+    run = training.init_run(config, digits.input_shape, 10)
+    chunk = training.step.make_chunk(run, len(digits.y_train), None)
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    jaxpr = jax.make_jaxpr(lambda s: chunk(s, x, y, 2))(run.state)
+    assert _loops_over_convs(jaxpr) == []
+    n_conv = str(jaxpr).count("conv_general_dilated")
+    assert n_conv > 0  # the steps' convolutions are there, outside any loop
+
+
+@pytest.mark.slow
+def test_chunks_of_any_split_reach_the_same_state(digits):
+    # 3 + 4 steps and 7 steps: the same batches (a pure function of seed and step) and updates.
+    config = tiny_config(*CNN)
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    states = []
+    for split in ((3, 4), (7,)):
+        run = training.init_run(config, digits.input_shape, 10)
+        chunk = training.step.make_chunk(run, len(digits.y_train), None)
+        state = run.state
+        for n in split:
+            state, metrics = chunk(state, x, y, n)
+            assert all(math.isfinite(float(v)) for v in metrics.values())
+        assert int(state.step) == 7
+        states.append(training.state_to_flat(state))
+    assert_same_state(*states)
+
+
+@pytest.mark.slow
+def test_chunk_metrics_are_the_mean_of_the_steps(digits):
+    config = tiny_config(*CNN)
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+    run = training.init_run(config, digits.input_shape, 10)
+    chunk = training.step.make_chunk(run, len(digits.y_train), None)
+    state, per_step = run.state, []
+    for _ in range(3):
+        state, m = chunk(state, x, y, 1)
+        per_step.append(m)
+    run2 = training.init_run(config, digits.input_shape, 10)
+    chunk2 = training.step.make_chunk(run2, len(digits.y_train), None)
+    _, m3 = chunk2(run2.state, x, y, 3)
+    for k in m3:
+        np.testing.assert_allclose(float(m3[k]), np.mean([float(m[k]) for m in per_step]),
+                                   rtol=1e-5, err_msg=k)
+
+
+def _models():
+    rngs = nnx.Rngs(0)
+    res = lnn.Sequential(
+        lnn.Conv(1, 2, 3, input_size=(6, 6), padding="CIRCULAR", rngs=rngs), lnn.Abs(),
+        lnn.Residual(lnn.Sequential(
+            lnn.Conv(2, 2, 3, input_size=(6, 6), padding="CIRCULAR", rngs=rngs), lnn.Abs())),
+        lnn.Flatten(), lnn.Dense(72, 3, rngs=rngs),
+    )
+    out = {"residual": (res, (6, 6, 1))}
+    for model in ("cnn", "cnn_strided", "cnn_aol"):
+        config = tiny_config(f"model={model}", "widths=4,6,6,4" if model != "cnn" else "widths=4")
+        out[model] = (build_model(config, (8, 8, 1), 10, rngs=nnx.Rngs(1)), (8, 8, 1))
+    out["leaf"] = (lnn.Dense(5, 3, rngs=rngs), (5,))
+    return out
+
+
+@pytest.mark.parametrize("name", [
+    "cnn_strided",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ("residual", "cnn", "cnn_aol", "leaf")),
+])
+def test_certified_bounds_compose_to_the_trivial_bound(name):
+    model, shape = _models()[name]
+    model.eval()
+    upper, rows = jax.jit(lambda m: evaluation.certified_bounds(m, shape, 2))(model)
+    want = bounds.trivial_bound(model, shape, p=2)
+    assert upper.kind == want.kind
+    assert float(upper.value) == float(want.value)
+    table = bounds.layer_bounds(model, shape, p=2)
+    assert [float(b.value) for b in rows] == [float(b.value) for _, b in table]
+
+
+@pytest.mark.slow
+def test_strided_cnn_layout_and_exact_factors():
+    config = tiny_config("model=cnn_strided", "widths=3,4,4,2")
+    model = build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(2))
+    convs = [layer for layer in model.layers if isinstance(layer, lnn.Conv)]
+    assert [c.strides for c in convs] == [(1, 1), (2, 2), (2, 2), (1, 1)]
+    assert [c.input_size for c in convs] == [(8, 8), (8, 8), (4, 4), (2, 2)]
+    shape = (8, 8, 1)
+    for node in lnn.walk.top_level(model, shape):
+        b = node.layer.lipschitz_bound(node.input_shape)
+        if isinstance(node.layer, lnn.Conv):
+            assert b.kind == "exact"  # circular, strides dividing the size: the FFT norm
+            k = np.asarray(node.layer.kernel[...], np.float64)
+            truth = ref.spectral_norm_truth(ref.conv_operator(
+                k, node.input_shape[:2], node.layer.strides, "CIRCULAR"))
+            np.testing.assert_allclose(float(b.value), truth, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["cnn_strided", "cnn_aol"])
+def test_trivial_bound_is_above_float64_jacobian_norms(model_name):
+    config = tiny_config(f"model={model_name}", "widths=4,6,6,4")
+    model = build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(3))
+    model.eval()
+    upper = float(bounds.trivial_bound(model, (8, 8, 1)).value)
+    with jax.enable_x64():
+        gd, st = nnx.split(model)
+        m64 = nnx.merge(gd, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), st))
+        f = lambda x: m64(x.reshape(1, 8, 8, 1)).reshape(-1)  # noqa: E731
+        xs = np.random.default_rng(0).uniform(-1, 2, (6, 64))
+        gains = [np.linalg.norm(np.asarray(jax.jacfwd(f)(jnp.asarray(x))), 2) for x in xs]
+    assert max(gains) <= upper
+    if model_name == "cnn_aol":
+        assert upper <= 1.0 + 1e-5  # AOL convolutions and head, MaxMin: 1-Lipschitz
+
+
+def test_aol_cnn_needs_even_widths():
+    config = tiny_config("model=cnn_aol", "widths=4,5")
+    with pytest.raises(ValueError, match="even widths"):
+        build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.slow
+def test_evaluation_compiles_three_programs_for_every_size(digits):
+    config = tiny_config(*CNN, "lower_steps=3", "lower_restarts=2")
+    run = training.init_run(config, digits.input_shape, 10)
+    evaluate = training.evaluation.make_evaluator(run)
+    x, y = jnp.asarray(digits.x_test), jnp.asarray(digits.y_test, jnp.int32)
+    key = jax.random.key(0)
+    small = evaluate(run.state, x[:300], y[:300], key)
+    full = evaluate(run.state, x, y, key)
+    assert len(evaluate.programs.done) == 3  # bound, lower bound, one batch: reused
+    assert small["lipschitz_upper"] == full["lipschitz_upper"]
+    model = training.eval_model(run)
+    want = bounds.trivial_bound(model, digits.input_shape)
+    assert full["lipschitz_upper"] == float(want.value)
+    assert full["lipschitz_lower"] <= full["lipschitz_upper"]
+    # The report's rows: the same as the per-layer table computed on its own.
+    rows = evaluation.layer_table(model, full["_layer_bounds"], full["_gains"])
+    want_rows = layer_rows(model, digits.input_shape, 2.0, full["_witness"])
+    for got, exp in zip(rows, want_rows, strict=True):
+        assert got["layer"] == exp["layer"] and got["kind"] == exp["kind"]
+        assert got["value"] == exp["value"]
+        np.testing.assert_allclose(got["attained_gain"], exp["attained_gain"], rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fashion-cnn4", "fashion-cnn4-nopen", "fashion-cnn4-aol"])
+def test_fashion_cnn4_configs_build_four_convolutions(name):
+    config = training.get_config(name)
+    assert config.widths == (16, 32, 32, 32)
+    model = build_model(config, (28, 28, 1), 10, rngs=nnx.Rngs(0))
+    convs = [layer for layer in model.layers if isinstance(layer, lnn.Conv | lnn.AOLConv)]
+    assert len(convs) == 4
+    assert model(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
