@@ -160,3 +160,35 @@ def test_quick_depth_experiment_every_family(tmp_path):
 
     result = deep_tight.run(tmp_path, quick=True)
     _check_rows(result["rows"], list(deep_tight.FAMILIES), deep_tight.QUICK_DEPTHS)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aol_mlp_bound_is_sound_and_at_most_one(seed):
+    """The AOL baseline: the trivial bound is ≥ the product of the applied matrices' float64
+    spectral norms (MaxMin is 1-Lipschitz) and ≤ 1 (each layer certified 1-Lipschitz)."""
+    m = _model("aol_mlp", seed, widths=(6, 6))
+    b = bounds.trivial_bound(m, SHAPE)
+    assert b.kind == "upper"
+    norms = [np.linalg.norm(np.asarray(layer.effective_kernel(), np.float64), 2)
+             for layer in m.layers if hasattr(layer, "effective_kernel")]
+    assert len(norms) == 3
+    assert float(np.prod(norms)) <= float(b.value) <= 1.0 + 1e-5
+
+
+def test_witness_gain_is_the_float64_gain_of_the_witness():
+    from liplax.certify.witness import witness_gain
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 3))
+
+    def f(x):  # a plain batched map, f(x) = tanh(x A)
+        return jnp.tanh(x @ a)
+
+    x, y = rng.normal(size=5), rng.normal(size=5)
+    want = np.linalg.norm(np.tanh(x @ a) - np.tanh(y @ a)) / np.linalg.norm(x - y)
+    assert witness_gain(f, "pair", x, y) == pytest.approx(want, rel=1e-13)
+    jac = (1 - np.tanh(x @ a) ** 2)[:, None] * a.T
+    assert witness_gain(f, "local", x, y) == pytest.approx(
+        np.linalg.norm(jac @ y) / np.linalg.norm(y), rel=1e-13)
+    assert witness_gain(f, "local", x, y, p="inf") == pytest.approx(
+        np.max(np.abs(jac @ y)) / np.max(np.abs(y)), rel=1e-13)

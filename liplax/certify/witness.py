@@ -52,7 +52,10 @@ class Witness(NamedTuple):
 
 
 def _model64(model):
-    """A float64 copy of an NNX model (call inside ``jax.enable_x64(True)``)."""
+    """A float64 copy of an NNX model (call inside ``jax.enable_x64(True)``); a plain function
+    is returned as it is (it sees float64 inputs)."""
+    if not isinstance(model, nnx.Module):
+        return model
     graphdef, state = nnx.split(model)
 
     def cast(a):
@@ -87,6 +90,10 @@ def witness_gain(model, kind: str, x, second, *, p: float | str = 2) -> float:
         raise ValueError(f"witness_gain: x {x.shape} and its partner {second.shape} differ")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(second))):
         raise ValueError("witness_gain: the witness must be finite")
+    den = _pnorm(second if kind == "local" else x - second, p)
+    if not den > 0:
+        raise ValueError("witness_gain: the direction v of a local witness is 0" if kind == "local"
+                         else "witness_gain: a pair witness needs x ≠ y")
     with jax.enable_x64(True):
         m64 = _model64(model)
 
@@ -94,14 +101,8 @@ def witness_gain(model, kind: str, x, second, *, p: float | str = 2) -> float:
             return m64(z[None])[0]
 
         if kind == "local":
-            den = _pnorm(second, p)
-            if not den > 0:
-                raise ValueError("witness_gain: the direction v of a local witness is 0")
             num = np.asarray(jax.jvp(f, (jnp.asarray(x),), (jnp.asarray(second),))[1])
         else:
-            den = _pnorm(x - second, p)
-            if not den > 0:
-                raise ValueError("witness_gain: a pair witness needs x ≠ y")
             num = np.asarray(f(jnp.asarray(x))) - np.asarray(f(jnp.asarray(second)))
     return _pnorm(num, p) / den
 

@@ -236,6 +236,22 @@ CONFIGS: dict[str, Config] = {
     "cnn": Config(name="cnn", model="cnn", widths=(16, 32), penalty_weight=0.05, grouped=True),
 }
 
+# Issue 13: 4 hidden layers of 128 on Fashion-MNIST, one budget (8000 steps of 256) for all.
+_MLP4 = dict(
+    dataset="fashion-mnist", widths=(128,) * 4, batch_size=256, steps=8000, learning_rate=2e-3,
+    log_every=100, eval_every=1000, checkpoint_every=2000, eval_examples=2000,
+    eps=(0.1, 0.3, 0.5, 1.0),
+)
+_HKR = dict(penalty="none", loss="hkr", margin=0.1, alpha=50.0)
+CONFIGS.update({
+    # The recipe (experiments/README.md §6): log penalty plus the gap penalty.
+    "fashion-mlp4": Config(name="fashion-mlp4", penalty_weight=0.15, gap_weight=1.0, **_MLP4),
+    "fashion-mlp4-nopen": Config(name="fashion-mlp4-nopen", penalty="none", **_MLP4),
+    "fashion-groupsort4": Config(name="fashion-groupsort4", model="groupsort_mlp", **_HKR,
+                                 **_MLP4),
+    "fashion-aol4": Config(name="fashion-aol4", model="aol_mlp", **_HKR, **_MLP4),
+})
+
 
 def get_config(name: str, overrides: Sequence[str] = ()) -> Config:
     """The named configuration with ``key=value`` overrides applied."""
