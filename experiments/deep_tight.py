@@ -83,23 +83,23 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, steps: int | None = None
     depths = tuple(depths or (QUICK_DEPTHS if quick else DEPTHS))
     dataset = data.load("digits" if quick else "fashion-mnist")
     rows = []
-    for label in families:
-        for depth in depths:
-            config = family_config(label, depth, steps=steps, width=width, quick=quick, seed=seed)
-            run_dir = out / "runs" / config.name
-            resume = (run_dir / "checkpoints").is_dir()
-            t0 = time.perf_counter()
-            report = training.train(config, run_dir, dataset=dataset, quiet=True, resume=resume)
-            row = {
-                "family": label, "depth": depth, "upper": report["lipschitz_upper"],
-                "kind": report["upper_kind"], "lower": report["lipschitz_lower"],
-                "tightness": report["tightness"], "clean": report["clean_accuracy"],
-                **{f"cert@{e}": a for e, a in report["certified_accuracy"].items()},
-                "seconds": round(time.perf_counter() - t0, 1), "run": str(run_dir),
-            }
-            rows.append(row)
-            print(f"{NAME}: {label:<20} depth {depth}: tightness {row['tightness']:.3f}, "
-                  f"clean {row['clean']:.3f}", flush=True)
+    # Depth-major order: an interrupted run (it resumes) has every family at the small depths.
+    for depth, label in ((d, f) for d in depths for f in families):
+        config = family_config(label, depth, steps=steps, width=width, quick=quick, seed=seed)
+        run_dir = out / "runs" / config.name
+        resume = (run_dir / "checkpoints").is_dir()
+        report = training.train(config, run_dir, dataset=dataset, quiet=True, resume=resume)
+        row = {
+            "family": label, "depth": depth, "upper": report["lipschitz_upper"],
+            "kind": report["upper_kind"], "lower": report["lipschitz_lower"],
+            "tightness": report["tightness"], "clean": report["clean_accuracy"],
+            **{f"cert@{e}": a for e, a in report["certified_accuracy"].items()},
+            "seconds": report["seconds"], "run": str(run_dir),  # summed over resumed sessions
+        }
+        rows.append(row)
+        print(f"{NAME}: {label:<20} depth {depth}: tightness {row['tightness']:.3f}, "
+              f"clean {row['clean']:.3f}", flush=True)
+    rows.sort(key=lambda r: (families.index(r["family"]), r["depth"]))
     result = {
         **_common.header(NAME, quick=quick, seed=seed),
         "dataset": dataset.name, "steps": steps, "width": width, "rows": rows,
