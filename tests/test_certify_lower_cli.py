@@ -81,11 +81,13 @@ def test_lower_bound_is_attained_at_the_saved_witness(run_dir, tmp_path, capsys,
 
 
 def test_a_larger_budget_and_the_default_witness_path(run_dir, capsys):
-    assert cli.main(["certify", str(run_dir), "--lower", "--lower-steps", "30",
-                     "--lower-restarts", "3"]) == 0
+    """Given a checkpoint folder, the witness goes to the run folder (not among checkpoints)."""
+    assert cli.main(["certify", str(run_dir / "checkpoints" / "40"), "--lower", "--lower-steps",
+                     "30", "--lower-restarts", "3"]) == 0
     text = capsys.readouterr().out
     assert "attained" in text and "lower_witness.npz" in text
     w = np.load(run_dir / "lower_witness.npz")
+    assert not list((run_dir / "checkpoints").rglob("*.npz"))
     report = json.loads((run_dir / "report.json").read_text())
     assert float(w["gain"]) <= report["lipschitz_upper"]
 

@@ -40,7 +40,7 @@ class Witness(NamedTuple):
     """An attained gain and where: ``kind`` ``local`` (x, second = v) or ``pair`` (x, second = y).
 
     ``value``: the float64 re-checked gain (:func:`witness_gain`); ``search_value``: what the
-    float32 search reported for it; ``candidates``: every re-checked candidate, by name.
+    float32 search reported for it; ``candidates``: every re-checked finite candidate, by name.
     """
 
     kind: str
@@ -176,11 +176,17 @@ def attained_lower_bound(
     if float(lb.pair_ratio) > 0:
         found["pair"] = ("pair", np.asarray(lb.x, np.float64), np.asarray(lb.y, np.float64),
                          float(lb.pair_ratio))
+    usable = {name: c for name, c in found.items()  # a nonzero v, or x ≠ y
+              if (np.any(c[2] != 0) if c[0] == "local" else np.any(c[1] != c[2]))}
     checked = {name: witness_gain(model, kind, a, b, p=p)
-               for name, (kind, a, b, _) in found.items()}
-    best = max(checked, key=lambda k: checked[k])
+               for name, (kind, a, b, _) in usable.items()}
+    finite = {k: v for k, v in checked.items() if math.isfinite(v)}
+    if not finite:
+        raise ValueError(f"attained_lower_bound: no finite gain found (candidates {checked}); "
+                         f"is the network finite?")
+    best = max(finite, key=lambda k: finite[k])
     kind, a, b, reported = found[best]
-    return Witness(kind, checked[best], reported, a, b, checked)
+    return Witness(kind, finite[best], reported, a, b, finite)
 
 
 def save_witness(path, witness: Witness, *, p: float) -> None:

@@ -31,7 +31,7 @@ def _lower(args, model, x_test, p: float, upper: float) -> dict:
         restarts=args.lower_restarts, data_starts=args.data_starts,
         noise_starts=args.noise_starts,
     )
-    path = Path(args.witness) if args.witness else Path(args.run) / "lower_witness.npz"
+    path = Path(args.witness) if args.witness else _run_folder(args.run) / "lower_witness.npz"
     save_witness(path, w, p=p)
     return {
         "value": w.value, "kind": "estimate", "witness_kind": w.kind, "witness": str(path),
@@ -41,6 +41,17 @@ def _lower(args, model, x_test, p: float, upper: float) -> dict:
                    "data_starts": args.data_starts, "noise_starts": args.noise_starts,
                    "seed": args.seed},
     }
+
+
+def _run_folder(path: str) -> Path:
+    """The run folder of ``path`` (a run, its ``checkpoints/`` or one checkpoint): the witness
+    goes there by default, never inside the checkpoints."""
+    folder = Path(path)
+    if folder.name == "checkpoints":
+        return folder.parent
+    if folder.parent.name == "checkpoints" and folder.name.isdigit():
+        return folder.parent.parent
+    return folder
 
 
 def _check_lower_args(args: argparse.Namespace) -> None:
@@ -139,7 +150,7 @@ def add_parser(sub) -> None:
                    help="local ascent starts uniform in [0, 1]^d")
     c.add_argument("--seed", type=int, default=0, help="seed of the lower-bound search")
     c.add_argument("--witness", default=None,
-                   help="witness .npz path (default: RUN/lower_witness.npz)")
+                   help="witness .npz path (default: lower_witness.npz in the run folder)")
     c.set_defaults(func=cmd_certify)
 
     b = sub.add_parser("bound", help="per-layer bound table with kinds")
