@@ -29,6 +29,7 @@ from flax import nnx
 import liplax
 import liplax.nn as ln
 from liplax import bounds, certify, conv, linalg, norms, training
+from liplax.certify.witness import witness_gain
 from liplax.guarantee import Bound
 from liplax.training import data, losses
 from liplax.training.checkpoint import CheckpointError, OutputError, check_output_dir
@@ -438,6 +439,13 @@ CASES = [
     Case("training.with_overrides", "--set eval_every=7",
          lambda: training.get_config("default", ["eval_every=7"]), ValueError,
          "config: eval_every=7; expected a positive multiple of log_every=50"),
+    Case("training.with_overrides", "--set gap_weight=1 penalty=none",
+         lambda: training.get_config("default", ["gap_weight=1", "penalty=none"]), ValueError,
+         "config: penalty='none'; expected log when gap_weight > 0 (the gap is log U − log of the "
+         "attained gain)"),
+    Case("certify.witness.witness_gain", "a pair witness with x = y",
+         lambda: witness_gain(lambda x: x, "pair", np.ones(3), np.ones(3)), ValueError,
+         "witness_gain: a pair witness needs x ≠ y"),
     Case("training.train", "--out naming a file",
          lambda: check_output_dir(_scratch_file("file", b"x"), 1), OutputError,
          "--out '/tmp/liplax-rejected-inputs/file': exists and is not a folder"),

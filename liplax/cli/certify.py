@@ -2,6 +2,10 @@
 
 - ``liplax certify RUN [--eps E ...] [--p P] [--data-dir D] [--json]``: certified accuracy of the
   run on its test set from its certified trivial bound (:mod:`liplax.certify`).
+  With ``--lower``: also an attained lower bound with its budget (``--lower-steps``,
+  ``--lower-restarts``, ``--data-starts``, ``--noise-starts``, ``--seed``), its witness re-checked
+  in float64 and saved as ``.npz`` (``--witness``, default ``RUN/lower_witness.npz``)
+  (:func:`liplax.certify.witness.attained_lower_bound`), and the tightness upper / lower.
 - ``liplax bound RUN [--p P] [--json]``: the per-layer bound table (value, kind) and the product.
 """
 
@@ -10,11 +14,58 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
-from liplax.cli.common import load_run, p_arg
+from liplax.cli.common import CliError, load_run, p_arg
+
+
+def _lower(args, model, x_test, p: float, upper: float) -> dict:
+    """The ``--lower`` block: the attained lower bound, its witness file and the tightness."""
+    import jax
+
+    from liplax.certify import tightness_ratio
+    from liplax.certify.witness import attained_lower_bound, save_witness
+
+    w = attained_lower_bound(
+        model, x_test, key=jax.random.key(args.seed), p=p, steps=args.lower_steps,
+        restarts=args.lower_restarts, data_starts=args.data_starts,
+        noise_starts=args.noise_starts,
+    )
+    path = Path(args.witness) if args.witness else _run_folder(args.run) / "lower_witness.npz"
+    save_witness(path, w, p=p)
+    return {
+        "value": w.value, "kind": "estimate", "witness_kind": w.kind, "witness": str(path),
+        "search_value": w.search_value, "candidates": w.candidates,
+        "tightness": float(tightness_ratio(upper, w.value)),
+        "budget": {"steps": args.lower_steps, "restarts": args.lower_restarts,
+                   "data_starts": args.data_starts, "noise_starts": args.noise_starts,
+                   "seed": args.seed},
+    }
+
+
+def _run_folder(path: str) -> Path:
+    """The run folder of ``path`` (a run, its ``checkpoints/`` or one checkpoint): the witness
+    goes there by default, never inside the checkpoints."""
+    folder = Path(path)
+    if folder.name == "checkpoints":
+        return folder.parent
+    if folder.parent.name == "checkpoints" and folder.name.isdigit():
+        return folder.parent.parent
+    return folder
+
+
+def _check_lower_args(args: argparse.Namespace) -> None:
+    for name in ("lower_steps", "lower_restarts"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    for name in ("data_starts", "noise_starts"):
+        if getattr(args, name) < 0:
+            raise CliError(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(args, name)}")
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
+    if args.lower:
+        _check_lower_args(args)
     run, meta = load_run(args.run)
     import jax
     import jax.numpy as jnp
@@ -38,6 +89,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
         "accuracy_ties_as_errors": float(acc[0]),
         "certified_accuracy": {f"{e:g}": float(a) for e, a in zip(eps, acc[1:], strict=True)},
     }
+    if args.lower:
+        out["lower_bound"] = _lower(args, model, jnp.asarray(ds.x_test), p, out["lipschitz_upper"])
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -47,6 +100,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
         print(f"{0:8g} {out['accuracy_ties_as_errors']:20.4f}")
         for e, a in out["certified_accuracy"].items():
             print(f"{e:>8} {a:20.4f}")
+        if args.lower:
+            lo = out["lower_bound"]
+            print(f"L ≥ {lo['value']:.6g} (attained, {lo['witness_kind']} witness re-checked in "
+                  f"float64, saved to {lo['witness']}); tightness {lo['tightness']:.4f}")
     return 0
 
 
@@ -84,6 +141,16 @@ def add_parser(sub) -> None:
     c.add_argument("--p", type=p_arg, default=None, help="norm (default: the run's)")
     c.add_argument("--data-dir", default=None)
     c.add_argument("--json", action="store_true")
+    c.add_argument("--lower", action="store_true",
+                   help="also search an attained lower bound and save its witness")
+    c.add_argument("--lower-steps", type=int, default=200, help="ascent steps per stage")
+    c.add_argument("--lower-restarts", type=int, default=8, help="power/pair search restarts")
+    c.add_argument("--data-starts", type=int, default=16, help="local ascent starts from data")
+    c.add_argument("--noise-starts", type=int, default=8,
+                   help="local ascent starts uniform in [0, 1]^d")
+    c.add_argument("--seed", type=int, default=0, help="seed of the lower-bound search")
+    c.add_argument("--witness", default=None,
+                   help="witness .npz path (default: lower_witness.npz in the run folder)")
     c.set_defaults(func=cmd_certify)
 
     b = sub.add_parser("bound", help="per-layer bound table with kinds")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 # No JAX, Flax or liplax.nn here: the command line parses and checks a config without them.
 
 MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn", "cnn_strided",
-          "cnn_aol")
+          "cnn_aol", "aol_mlp")
 PENALTIES = ("none", "log", "product", "hinge")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -44,6 +44,9 @@ class Config:
       penalty: ``none`` or the trivial-bound penalty's kind (``log``, ``product``, ``hinge``).
       penalty_weight: λ in loss + λ·penalty; ``penalty_warmup``: steps of its linear ramp from 0.
       penalty_target: the hinge penalty's threshold.
+      gap_weight: μ of the gap penalty μ·(log U − log of the gain attained at data points)
+        (:mod:`liplax.training.gap`; 0 = off; needs ``penalty=log`` and a free-weight MLP);
+        ``gap_points``: batch examples it searches; ``gap_power_iters``: its power steps.
       grouped: run the penalty's power steps of same-shape layers as one batched step per group
         (:func:`liplax.grouped.grouped_log_bound`; same values; faster for CNNs on CPU).
       optimizer, learning_rate, lr_warmup, weight_decay: optax optimizer and schedule (linear
@@ -72,6 +75,9 @@ class Config:
     penalty_weight: float = 0.1
     penalty_warmup: int = 0
     penalty_target: float = 1.0
+    gap_weight: float = 0.0
+    gap_points: int = 4
+    gap_power_iters: int = 3
     grouped: bool = False
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -165,11 +171,11 @@ def _validate(c: Config) -> None:
     for f in ("temperature", "learning_rate", "penalty_target"):
         if not getattr(c, f) > 0 or not math.isfinite(getattr(c, f)):
             bad(f, "a finite number > 0")
-    for f in ("offset", "margin", "alpha", "penalty_weight", "weight_decay"):
+    for f in ("offset", "margin", "alpha", "penalty_weight", "weight_decay", "gap_weight"):
         if not getattr(c, f) >= 0 or not math.isfinite(getattr(c, f)):
             bad(f, "a finite number ≥ 0")
     for f in ("batch_size", "steps", "log_every", "keep_checkpoints", "eval_examples",
-              "lower_steps", "lower_restarts"):
+              "lower_steps", "lower_restarts", "gap_points", "gap_power_iters"):
         if getattr(c, f) < 1:
             bad(f, "an integer ≥ 1")
     for f in ("penalty_warmup", "lr_warmup", "seed"):
@@ -181,7 +187,11 @@ def _validate(c: Config) -> None:
             bad(f, f"a positive multiple of log_every={c.log_every}")
     if any(not (e >= 0 and math.isfinite(e)) for e in c.eps):
         bad("eps", "finite radii ≥ 0")
-    if c.model == "groupsort_mlp" and any(w % 2 for w in c.widths):
+    if c.gap_weight > 0 and c.penalty != "log":
+        bad("penalty", "log when gap_weight > 0 (the gap is log U − log of the attained gain)")
+    if c.gap_weight > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp"):
+        bad("model", "a free-weight MLP (sin/abs/crelu/relu_mlp) when gap_weight > 0")
+    if c.model in ("groupsort_mlp", "aol_mlp") and any(w % 2 for w in c.widths):
         bad("widths", "even widths (GroupSort sorts pairs)")
 
 
@@ -242,6 +252,22 @@ CONFIGS: dict[str, Config] = {
     "cnn": Config(name="cnn", model="cnn", widths=(16, 32), penalty_weight=0.05, grouped=True),
     **_CNN4,
 }
+
+# Issue 13: 4 hidden layers of 128 on Fashion-MNIST, one budget (8000 steps of 256) for all.
+_MLP4 = dict(
+    dataset="fashion-mnist", widths=(128,) * 4, batch_size=256, steps=8000, learning_rate=2e-3,
+    log_every=100, eval_every=1000, checkpoint_every=2000, eval_examples=2000,
+    eps=(0.1, 0.3, 0.5, 1.0),
+)
+_HKR = dict(penalty="none", loss="hkr", margin=0.1, alpha=50.0)
+CONFIGS.update({
+    # The recipe (experiments/README.md §6): log penalty plus the gap penalty.
+    "fashion-mlp4": Config(name="fashion-mlp4", penalty_weight=0.15, gap_weight=1.0, **_MLP4),
+    "fashion-mlp4-nopen": Config(name="fashion-mlp4-nopen", penalty="none", **_MLP4),
+    "fashion-groupsort4": Config(name="fashion-groupsort4", model="groupsort_mlp", **_HKR,
+                                 **_MLP4),
+    "fashion-aol4": Config(name="fashion-aol4", model="aol_mlp", **_HKR, **_MLP4),
+})
 
 
 def get_config(name: str, overrides: Sequence[str] = ()) -> Config:

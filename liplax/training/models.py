@@ -12,13 +12,17 @@ The architectures (:func:`build_model`) are the ones the experiments compare:
 - ``relu_mlp``: the usual ReLU network (with biases), the baseline.
 - ``groupsort_mlp``: Björck-orthonormalized layers with GroupSort (MaxMin): 1-Lipschitz by
   construction (Anil et al., ICML 2019).
+- ``aol_mlp``: almost-orthogonal layers (:class:`liplax.nn.AOLDense`, certified 1-Lipschitz in
+  closed form) with MaxMin (Prach & Lampert, ECCV 2022).
 - ``cnn``: a small convolutional network (circular convolutions, abs, average pooling).
 
 :func:`lipschitz_mlp` builds the 1-Lipschitz (ℓ2) MLPs with biases of the experiments
 (Björck-orthonormalized or spectrally normalized layers, MaxMin or ReLU).
 
 References: Anil, Lucas & Grosse, "Sorting out Lipschitz function approximation", ICML 2019;
-Miyato et al., "Spectral normalization for generative adversarial networks", ICLR 2018.
+Miyato et al., "Spectral normalization for generative adversarial networks", ICLR 2018;
+Prach & Lampert, "Almost-orthogonal layers for efficient general-purpose Lipschitz networks",
+ECCV 2022.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from liplax.training.models_cnn import CNN_MODELS, build_cnn
 
 ACTIVATIONS = ("maxmin", "relu")
 WEIGHTS = ("bjorck", "spectral")
+# The 1-Lipschitz-by-construction MLPs: their dense layer (each followed by MaxMin).
+ONE_LIPSCHITZ = {"groupsort_mlp": lnn.BjorckDense, "aol_mlp": lnn.AOLDense}
 
 
 def build_model(
@@ -75,8 +81,8 @@ def build_model(
         if config.model == "sin_mlp":
             layers.append(lnn.SinusoidalDense(fan_in, width, rngs=rngs))
             fan_in = 2 * width
-        elif config.model == "groupsort_mlp":
-            layers += [lnn.BjorckDense(fan_in, width, rngs=rngs), lnn.MaxMin()]
+        elif config.model in ONE_LIPSCHITZ:
+            layers += [ONE_LIPSCHITZ[config.model](fan_in, width, rngs=rngs), lnn.MaxMin()]
             fan_in = width
         else:
             layers.append(lnn.Dense(fan_in, width, use_bias=True, rngs=rngs))
@@ -89,8 +95,8 @@ def build_model(
             else:  # crelu_mlp
                 layers.append(lnn.CReLU())
                 fan_in = 2 * width
-    if config.model == "groupsort_mlp":
-        layers.append(lnn.BjorckDense(fan_in, k, rngs=rngs))
+    if config.model in ONE_LIPSCHITZ:
+        layers.append(ONE_LIPSCHITZ[config.model](fan_in, k, rngs=rngs))
     else:
         layers.append(lnn.Dense(fan_in, k, rngs=rngs))
     return lnn.Sequential(*layers)

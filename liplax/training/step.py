@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from liplax import bounds
-from liplax.training import data, losses
+from liplax.training import data, gap, losses
 from liplax.training.config import Config
 from liplax.training.state import Run, TrainState
 
@@ -91,9 +91,13 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
                     model, shape, p=config.p, kind=config.penalty, target=target,
                     grouped=config.grouped,
                 )
+            total = data_loss + lam * pen
+            if config.gap_weight > 0:  # the gap penalty (liplax/training/gap.py)
+                g = gap.gap_penalty(config, model, pen, x)
+                total, pen = total + gap.gap_weight(config, state.step) * g, (pen, g)
             rest = nnx.split(model, nnx.Param, ...)[2]
             acc = jnp.mean(jnp.argmax(logits, -1) == y)
-            return data_loss + lam * pen, (data_loss, pen, acc, rest)
+            return total, (data_loss, pen, acc, rest)
 
         (total, (data_loss, pen, acc, rest)), grads = jax.value_and_grad(
             objective, has_aux=True
@@ -101,7 +105,11 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = TrainState(state.step + 1, params, rest, opt_state, state.key)
+        if config.gap_weight > 0:
+            pen, gap_value = pen
         metrics = {"loss": data_loss, "penalty": pen, "objective": total, "train_accuracy": acc}
+        if config.gap_weight > 0:
+            metrics["gap"] = gap_value
         return new, metrics
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
