@@ -27,7 +27,7 @@ demo: $(STAMP)
 XDIST := -n auto --maxprocesses 4 --dist loadfile
 
 test: $(STAMP)
-	$(PY) -m pytest $(XDIST)
+	$(PY) -m pytest $(XDIST) --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(XDIST)
