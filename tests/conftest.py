@@ -1,7 +1,8 @@
 """Shared test configuration: hypothesis profiles.
 
-- ``default``: 15 examples per property, no deadline (JAX compiles on first call per shape);
-  the suite CI runs on every commit, kept under 10 minutes on 2 cores.
+- ``default``: 10 examples per property (a smoke run of each; ``make fuzz`` is the search), no
+  deadline (JAX compiles on first call per shape); the suite CI runs on every commit, kept under
+  10 minutes on 2 cores.
 - ``fuzz``: 10,000 examples per property, selected with ``HYPOTHESIS_PROFILE=fuzz``.
 """
 
@@ -30,7 +31,7 @@ _COMMON = dict(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
-settings.register_profile("default", max_examples=15, **_COMMON)
+settings.register_profile("default", max_examples=10, **_COMMON)
 settings.register_profile("fuzz", max_examples=10_000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 

@@ -10,6 +10,7 @@ from flax import nnx
 from liplax import bounds
 from liplax.training.config import CONFIGS, MODELS, Config, get_config, with_overrides
 from liplax.training.models import build_model
+from tests._helpers import thin
 
 
 def test_overrides_are_typed():
@@ -43,7 +44,8 @@ def test_json_round_trip(name):
         Config.from_dict({**c.to_dict(), "extra": 1})
 
 
-@pytest.mark.parametrize("model", MODELS)
+# Every third model by default (an MLP, a free-weight MLP, a CNN); all of them under -m slow.
+@pytest.mark.parametrize("model", thin(MODELS, 3))
 def test_every_model_builds_runs_and_has_a_certified_bound(model):
     c = get_config("default", [f"model={model}", "widths=8,8"] if model != "cnn"
                    else ["model=cnn", "widths=4,4"])

@@ -575,6 +575,7 @@ def test_gradient_finite_in_float32(name):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_plain_calls_match_jitted():
     k = make_kernel((3, 3), (2, 3), "float32", seed=17)
     kk = jnp.asarray(k)

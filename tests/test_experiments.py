@@ -118,6 +118,7 @@ def _entries(data):
             yield sweep, i, e
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_verifier_chain_lower_exact_verifier_trivial(verifiers):
     slack = 1e-5  # the lower bound runs in float32
     for sweep, i, e in _entries(verifiers):
@@ -133,6 +134,7 @@ def test_verifier_chain_lower_exact_verifier_trivial(verifiers):
     assert verifiers["chain_holds_everywhere"]
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_verifier_records_describe_the_stated_networks(verifiers):
     cfg = verifiers["config"]
     for sweep, i, e in _entries(verifiers):

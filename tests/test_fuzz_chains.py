@@ -23,6 +23,7 @@ from fractions import Fraction
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
@@ -152,6 +153,7 @@ def _kind_slack(depth: int) -> float:
     return exact_margin(F32) if depth == 1 else 0.0
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @given(chains)
 def test_trivial_bounds_are_above_the_chain_constant(chain):
     seed, depth, family, lo, width, p = chain

@@ -16,6 +16,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
@@ -123,6 +124,7 @@ def test_conv_operators_match_the_float64_truth(data):
 LOW = {"bfloat16": 1e30, "float16": 1e3}
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @budget(5)
 @given(st.data())
 def test_conv_low_precision_kernels_give_float32_bounds(data):

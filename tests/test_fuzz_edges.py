@@ -200,6 +200,7 @@ def test_compose_has_no_partial_overflow_or_underflow():
         assert got >= want * (1 - 1e-6) and got == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_spectral_normalization_of_a_zero_operator_is_finite():
     """A kernel whose taps only read padding is the zero operator: σ̂ = 0 and W/σ̂ was NaN
     (found by test_fuzz_nn). The layer now applies W itself there, and certifies it."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
@@ -84,6 +85,7 @@ def test_linalg_operators_match_the_float64_truth(case, num_iters):
 LOW = {"bfloat16": 1e30, "float16": 1e3}  # largest scale each format holds with room to spare
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @budget(10)
 @given(matrices(), st.sampled_from(sorted(LOW)), GRAM_ITERS)
 def test_linalg_low_precision_inputs_give_float32_bounds(case, low, num_iters):

@@ -25,6 +25,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
@@ -104,6 +105,7 @@ def _f32(case):
     return w, kind, scale
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @budget(7)
 @given(matrices(), st.sampled_from(sorted(DENSE)))
 def test_dense_layer_bounds_are_sound(case, name):
@@ -165,6 +167,7 @@ CONV = {
 }
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @budget(5)
 @given(st.data())
 def test_conv_layer_bounds_are_sound(data):

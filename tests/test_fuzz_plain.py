@@ -21,6 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from hypothesis import given, note
 from hypothesis import strategies as st
@@ -214,6 +215,7 @@ def spectral_cases(draw):
     return kind, mix, scale_exp, kernel_exp, special, p, draw(st.integers(0, 2**31 - 1))
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @given(spectral_cases())
 def test_fuzz_spectral_degenerate_state(case):
     kind, mix, scale_exp, kernel_exp, special, p, seed = case

@@ -21,6 +21,7 @@ from fractions import Fraction
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
@@ -114,6 +115,7 @@ def _project_exact(v: np.ndarray) -> list[Fraction]:
     return [(1 if x > 0 else -1) * max(abs(x) - theta, Fraction(0)) for x in f]
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @given(log_top=st.floats(-3, 38.5), seed=st.integers(0, 2**32 - 1), ties=st.booleans())
 def test_fuzz_linf_projection(log_top, seed, ties):
     """Π(W) has every column in the unit ℓ1 ball (up to rounding) and is the exact projection up

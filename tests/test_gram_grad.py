@@ -116,6 +116,7 @@ def lax_complex(re, im):
     return jax.lax.complex(re, im)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_forward_mode_equals_reverse_mode():
     """The rules are custom JVPs: jax.jvp (and jacfwd) work and agree with the gradient."""
     with jax.enable_x64(True):

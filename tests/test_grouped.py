@@ -121,6 +121,7 @@ def test_mixed_modes_in_one_group_write_only_training_layers():
     assert not np.allclose(np.asarray(model.layers[4].inner.layers[0].power_state[...]), others0)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_shared_layer_steps_once_per_use_like_per_layer():
     def build():
         r = nnx.Rngs(1)
@@ -248,6 +249,7 @@ def spectral_cnn(seed: int = 0) -> ln.Sequential:
     )
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_grouped_call_is_the_forward_pass_with_grouped_normalization():
     from liplax.grouped import grouped_call, spectral_groups
 

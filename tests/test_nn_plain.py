@@ -109,6 +109,7 @@ def test_masked_conv_in_sequential_and_trivial_bound():
             assert b.certified and float(b.value) >= truth
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_nnx_sequential_and_plain_functions_accepted():
     with jax.enable_x64(True):
         seq = nnx.Sequential(nnx.Linear(4, 5, rngs=rngs(0), **F64), nnx.relu,

@@ -17,6 +17,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
@@ -212,6 +213,7 @@ def _divides(strides, n_hw) -> bool:
     return n_hw[0] % s[0] == 0 and n_hw[1] % s[1] == 0
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @given(st.data())
 def test_conv_gram_bound_is_sound(data):
     geometry = data.draw(conv_geometries())

@@ -35,6 +35,7 @@ def _cnn():
                           nnx.Conv(3, 2, (3, 3), strides=2, padding="VALID", rngs=nnx.Rngs(1)))
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @pytest.mark.parametrize("p", PS)
 def test_same_value_as_layer_based_bound(p):
     mlp, cnn = _mlp(), _cnn()

@@ -108,6 +108,7 @@ def test_resumed_run_reaches_the_same_parameters_and_metrics(tmp_path, finished,
     assert [h["step"] for h in report_b["history"]] == [h["step"] for h in report_a["history"]]
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, finished, digits):
     out_a, report_a = finished
     out = tmp_path / "c"
@@ -180,6 +181,7 @@ def test_chunk_batches_are_the_documented_data_order(start, num_steps):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_divergence_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, digits):
     out = tmp_path / "nan"
     with pytest.raises(FloatingPointError, match=r"diverged in steps \d+-\d+.*last checkpoint is"):
@@ -188,6 +190,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, dig
     assert not (out / "report.json").exists()
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_interrupted_write_leaves_no_step_behind(tmp_path, finished, digits):
     # A save killed mid-write leaves orbax's temporary folder; it is never taken for a checkpoint.
     out_a, _ = finished
@@ -199,6 +202,7 @@ def test_interrupted_write_leaves_no_step_behind(tmp_path, finished, digits):
     assert_same_state(final_state(out), final_state(out_a))
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_grouped_penalty_trains_the_same_parameters(digits):
     # grouped=True batches the power steps of same-shape layers: the same semantics, so the
     # same training trajectory up to float reassociation.

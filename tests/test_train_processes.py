@@ -81,6 +81,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted(tmp_path, re
     same_metrics(json.loads((out / "report.json").read_text()), ref_report)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_four_devices_match_one(tmp_path, reference):
     ref_out, ref_report = reference
     out = tmp_path / "four"

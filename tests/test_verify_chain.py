@@ -42,6 +42,7 @@ def test_l2_brackets(name):
     assert low >= 0.75 * exact  # the search gets close to the constant on these networks
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 @pytest.mark.parametrize("name", NETS)
 def test_linf_brackets(name):
     ws = net(name)
