@@ -90,6 +90,21 @@ def test_gradient_is_that_of_the_gain_along_the_fixed_top_direction():
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
 
 
+def test_a_training_chunk_with_the_gap_reports_it_in_its_metric_means():
+    # The chunk's running metric sums must hold the gap too (a merge once left them without it:
+    # every gap config failed at its first chunk with a pytree-structure error).
+    from liplax.training import data
+
+    digits = data.load_digits()
+    config = tiny_config("gap_weight=0.5", "penalty_weight=0.1")
+    run = training.init_run(config, digits.input_shape, 10)
+    chunk = training.step.make_chunk(run, len(digits.y_train), None)
+    _, m = chunk(run.state, jnp.asarray(digits.x_train), jnp.asarray(digits.y_train), 2)
+    assert set(m) == {"loss", "penalty", "objective", "train_accuracy", "gap"}
+    assert float(m["objective"]) == pytest.approx(
+        float(m["loss"]) + 0.1 * float(m["penalty"]) + 0.5 * float(m["gap"]), rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_training_objective_includes_the_gap_term(tmp_path):
     config = tiny_config("gap_weight=0.5", "penalty_weight=0.1", "steps=10", "log_every=5",

@@ -127,7 +127,8 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
         if num_steps < 1:
             raise ValueError(f"chunk: num_steps must be ≥ 1, got {num_steps}")
         batches = indices(state, num_steps)
-        sums = {k: jnp.zeros((), jnp.float32) for k in METRICS}  # distinct buffers (donated)
+        names = METRICS + (("gap",) if config.gap_weight > 0 else ())
+        sums = {k: jnp.zeros((), jnp.float32) for k in names}  # distinct buffers (donated)
         for t in range(num_steps):
             state, sums = step(state, sums, x_all, y_all, batches, jnp.int32(t))
         return state, jax.tree.map(lambda v: v / num_steps, sums)
