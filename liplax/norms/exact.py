@@ -19,6 +19,7 @@ from jax import lax
 from liplax.guarantee import guarantee
 from liplax.norms.dft import circular_setup, frequency_pair
 from liplax.norms.gram_core import GramState, gram_finish, gram_start, gram_steps
+from liplax.norms.gram_screen import sweep
 from liplax.norms.induced import alias_kernel
 from liplax.norms.operator import HI, ConvOperator, LinearOperator
 from liplax.norms.scaling import cover_lost, scale, unscale
@@ -94,24 +95,8 @@ def _top_sigma(re: jax.Array, im: jax.Array) -> tuple[jax.Array, jax.Array]:
     order = jnp.argsort(-ub)
     ub_sorted = jnp.concatenate([ub[order], jnp.full((pad,), -1.0, real)])
     order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
-
-    def cond(c):
-        j, best, _ = c
-        return (j < n_chunks) & (ub_sorted[jnp.minimum(j, n_chunks - 1) * _CHUNK] > best)
-
-    def body(c):
-        j, best, best_f = c
-        ids = lax.dynamic_slice(order, (j * _CHUNK,), (_CHUNK,))
-        sig = _sigma1(re[ids], im[ids])
-        better = jnp.max(sig) > best
-        return (
-            j + 1,
-            jnp.where(better, jnp.max(sig), best),
-            jnp.where(better, ids[jnp.argmax(sig)], best_f),
-        )
-
-    _, best, best_f = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), best, best_f))
-    return best, best_f
+    return sweep(order, ub_sorted, n_chunks, _CHUNK, best, best_f,
+                 lambda ids: _sigma1(re[ids], im[ids]))
 
 
 @jax.custom_jvp

@@ -30,12 +30,14 @@ norm, where autodiff through the steps gives the derivative of its floating-poin
 both agree to rounding. At A = 0 the gradient is 0 (a subgradient: r is a norm), at a NaN
 matrix NaN.
 
-For a convolution the bound is max_f v_f over the frequency matrices K̂_f (:func:`conv_gram_max`):
-its gradient is that of v_{f*} at f* = the first index attaining the maximum (``jnp.argmax``),
-an element of the Clarke subdifferential conv{∇v_f : v_f maximal}; it equals ``jax.grad`` of
-``jnp.max`` (which splits exact ties evenly) whenever the maximum is attained once. The
-derivative recomputes that one frequency matrix and its Gram steps only, and maps the
-gradient back to the kernel through the twiddles of that frequency (K̂_f is linear in k).
+For a convolution the bound is max_f v_f over the frequency matrices K̂_f (:func:`conv_gram_max`,
+most of them screened out after fewer steps: :mod:`liplax.norms.gram_screen`): its gradient is
+that of v_{f*} at the index f* the screen returns (the first maximizer among the frequencies it
+finished, in decreasing order of their earlier bounds), an element of the Clarke
+subdifferential conv{∇v_f : v_f maximal}; it equals ``jax.grad`` of ``jnp.max`` (which splits
+exact ties evenly) whenever the maximum is attained once. The derivative recomputes that one
+frequency matrix and its Gram steps only, and maps the gradient back to the kernel through the
+twiddles of that frequency (K̂_f is linear in k).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from liplax.norms.gram_core import (
     gram_steps_kept,
 )
 from liplax.norms.gram_core import gram_steps as _steps
+from liplax.norms.gram_screen import screened_max
 
 Pair = tuple  # (re,) for real matrices, (re, im) for complex ones
 
@@ -133,16 +136,15 @@ def conv_gram_max(kernel: jax.Array, n_hw: tuple[int, int], num_iters: int) -> j
     is rebuilt and its T Gram steps recomputed (nothing of size F is kept), then T products,
     and the gradient goes back to the kernel through the twiddles of f*:
     ∂/∂k[p, q] = cos θ_{f*,pq}·∂/∂Re K̂ + sin θ_{f*,pq}·∂/∂Im K̂."""
-    return jnp.max(_values(frequency_pair(kernel, n_hw), num_iters))
+    return screened_max(*frequency_pair(kernel, n_hw), num_iters)[0]
 
 
 @conv_gram_max.defjvp
 def _max_jvp(n_hw, num_iters, primals, tangents):
     (kernel,), (dkernel,) = primals, tangents
-    v = _values(frequency_pair(kernel, n_hw), num_iters)
-    f = jnp.argmax(v)
-    grad = _kernel_gradient(kernel, n_hw, num_iters, f, v[f])
-    return jnp.max(v), jnp.sum(grad * dkernel)
+    value, f = screened_max(*frequency_pair(kernel, n_hw), num_iters)
+    grad = _kernel_gradient(kernel, n_hw, num_iters, f, value)
+    return value, jnp.sum(grad * dkernel)
 
 
 def _kernel_gradient(kernel, n_hw, num_iters, f, v):
