@@ -28,10 +28,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from liplax import _checks
+from liplax.norms import winograd
 
 HI = lax.Precision.HIGHEST
 DIMS = ("NHWC", "HWIO", "NHWC")
 Pads = str | tuple[tuple[int, int], tuple[int, int]]
+#: the fewest input and output channels for which the power iteration uses Winograd (CPU).
+WINOGRAD_MIN_CHANNELS = 16
 
 
 def circular_pads(kernel_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
@@ -146,6 +149,15 @@ class LinearOperator:
 
     def transpose(self, y: jax.Array) -> jax.Array:
         raise NotImplementedError
+
+    def power_maps(self):
+        """(A, Aᵀ) on one example, for a loop that applies both many times with this array fixed.
+
+        The same linear maps as :meth:`apply` and :meth:`transpose`; an operator may return
+        faster forms whose rounding differs (``ConvOperator``: Winograd on CPU). Used only where
+        the result is an estimate recomputed with :meth:`apply` (:mod:`liplax.norms.power`).
+        """
+        return self.apply, self.transpose
 
     def materialize(self) -> jax.Array:
         """M (∏ in_shape, ∏ out_shape) with apply(x).ravel() = x.ravel() @ M: A on the basis."""
@@ -281,3 +293,38 @@ class ConvOperator(LinearOperator):
             return conv_transpose_nhwc(self._array, yb, self.input_hw, self.strides, self.pads)
 
         return self._batched(jnp.asarray(y).astype(self.dtype), self.out_shape, "y", adjoint)
+
+    def power_maps(self):
+        """(A, Aᵀ) on one (H, W, in) example; Winograd F(4×4, 3×3) where it is faster.
+
+        XLA's CPU backend runs a convolution on one thread; a stride-1 3×3 layer with at least
+        :data:`WINOGRAD_MIN_CHANNELS` channels in and out, in float32 or float64, is then faster
+        as the batched matmuls of :mod:`liplax.norms.winograd` (kernel transforms made once,
+        here). Elsewhere, and on accelerators (whose convolution libraries choose their own
+        algorithm), the direct maps.
+        """
+        kh, kw, cin, cout = self._array.shape
+        if ((kh, kw) != (3, 3) or self.strides != (1, 1) or min(cin, cout) < WINOGRAD_MIN_CHANNELS
+                or self.dtype not in (jnp.float32, jnp.float64) or jax.default_backend() != "cpu"):
+            return super().power_maps()
+        u = winograd.transform_kernel(self._array)
+        u_adj = winograd.transform_kernel(jnp.flip(self._array, (0, 1)).swapaxes(2, 3))
+        circular = self.circular
+        pads = circular_pads((3, 3)) if circular else self.pads
+        h, w = self.input_hw
+        in_shape = (1, h, w, cin)
+
+        def forward(x):
+            xp = jnp.pad(x, (*pads, (0, 0)), mode="wrap" if circular else "constant")
+            return winograd.valid_correlation(xp, u)
+
+        def adjoint(y):
+            z = winograd.valid_correlation(jnp.pad(y, ((2, 2), (2, 2), (0, 0))), u_adj)
+            if circular:  # the adjoint of the wrap: every wrapped copy added back to its sample
+                wrap = jax.linear_transpose(lambda v: wrap_pad(v, (3, 3)),
+                                            jax.ShapeDtypeStruct(in_shape, z.dtype))
+                return wrap(z[None])[0][0]
+            (lo_h, _), (lo_w, _) = pads
+            return z[lo_h:lo_h + h, lo_w:lo_w + w]
+
+        return forward, adjoint

@@ -82,6 +82,6 @@ def power_iteration(
     v0 = init_vector(op.in_shape, op.dtype, u, key)
     sc = scale(op.array)
     fixed = op.replace(lax.stop_gradient(sc.x))
-    v = power_iteration_op(fixed.apply, fixed.transpose, v0, num_iters)
+    v = power_iteration_op(*fixed.power_maps(), v0, num_iters)
     y = op.replace(sc.x).apply(v)
     return unscale(jnp.sqrt(jnp.sum(y * y)), sc), v
