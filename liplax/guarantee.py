@@ -88,8 +88,11 @@ summation order) the rounding error is at most γ_{n−1} (Higham, *Accuracy and
 Numerical Algorithms*, 2nd ed., §4.2), which is inside 64u up to n = 64 terms; a longer sum is
 passed through :func:`exact_sum`, which rounds it up by its own γ_{n−1} so that it still
 meets the contract whatever its length. For a backward-stable SVD (error a small multiple of
-min(m, n)·u·σ₁) the margin is an assumption, not a theorem: observed far inside it
-(tests/test_fuzz_networks.py and tests/test_fuzz_chains.py check tight rank-1 chains)."""
+min(m, n)·u·σ₁) the margin is an assumption, not a theorem. jaxlib's CPU SVD *without* vectors
+broke it (up to ~80u low on clustered top singular values), so σ₁ comes from the SVD with
+vectors (:func:`liplax.norms.exact.top_singular_value`), measured within 13u;
+tests/test_svd_accuracy.py holds it to 32u, and tests/test_fuzz_networks.py and
+tests/test_fuzz_chains.py check tight rank-1 chains."""
 
 
 def exact_margin(dtype) -> float:
