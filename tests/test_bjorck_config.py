@@ -1,0 +1,114 @@
+"""The Björck settings of a config (``bjorck_iters``, ``bjorck_order``, ``bjorck_stop_gradient``)
+reach ``groupsort_mlp``'s layers, and the certified bound stays sound with few Björck steps.
+
+The effective kernels are checked against an independent float64 NumPy Björck iteration (same
+initial scaling), and every layer's certified bound against the NumPy SVD of the weight the
+layer actually applies: with 1 or 2 steps that weight is far from orthonormal, so a bound that
+assumed 1 would fail here.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from liplax import bounds, linalg
+from liplax import nn as lnn
+from liplax.training.config import CONFIGS, get_config
+from liplax.training.models import build_model
+from tests.reference import spectral_norm_truth
+
+SHAPE = (6, 6, 1)
+COEFFS = {1: (1.5, -0.5), 2: (15 / 8, -5 / 4, 3 / 8)}
+
+
+def _model(*overrides: str, seed: int = 0):
+    config = get_config("groupsort", ["widths=8,8", *overrides])
+    m = build_model(config, SHAPE, 4, rngs=nnx.Rngs(params=jax.random.key(seed)))
+    m.eval()
+    return m
+
+
+def _bjorck_layers(m) -> list:
+    return [layer for layer in m.layers if isinstance(layer, lnn.BjorckDense)]
+
+
+def _numpy_bjorck(w: np.ndarray, order: int, iters: int) -> np.ndarray:
+    """Float64 Björck: A ← A·Σ c_k (AᵀA)^k on the tall orientation, after liplax's scaling."""
+    transpose = w.shape[0] < w.shape[1]
+    a = (w.T if transpose else w).astype(np.float64)
+    scale = float(linalg.gram_bound(jnp.asarray(a, jnp.float32), num_iters=3).value)
+    a = a / scale
+    c = COEFFS[order]
+    for _ in range(iters):
+        p = a.T @ a
+        poly = c[0] * np.eye(p.shape[0]) + c[1] * p
+        if order == 2:
+            poly = poly + c[2] * p @ p
+        a = a @ poly
+    return a.T if transpose else a
+
+
+@pytest.mark.parametrize("order,iters,sg", [(1, 1, False), (2, 2, True), (1, 15, False)])
+def test_layers_apply_the_configured_iteration_and_certify_what_they_apply(order, iters, sg):
+    m = _model(f"bjorck_order={order}", f"bjorck_iters={iters}", f"bjorck_stop_gradient={sg}")
+    layers = _bjorck_layers(m)
+    assert len(layers) == 3
+    for layer in layers:
+        assert (layer.order, layer.num_iters, layer.stop_gradient) == (order, iters, sg)
+        applied = np.asarray(layer.effective_kernel(), np.float64)
+        ref = _numpy_bjorck(np.asarray(layer.kernel[...]), order, iters)
+        np.testing.assert_allclose(applied, ref, rtol=0, atol=2e-5)
+        truth = spectral_norm_truth(applied)
+        bound = bounds.trivial_bound(nnx.Sequential(layer), (layer.in_features,))
+        assert float(bound.value) >= truth * (1 - 1e-6)
+        assert float(bound.value) <= truth * (1 + 1e-4)
+    sv = np.concatenate([np.linalg.svd(np.asarray(layer.effective_kernel(), np.float64),
+                                       compute_uv=False) for layer in layers])
+    if iters == 15:  # converged: orthonormal
+        np.testing.assert_allclose(sv, 1.0, atol=1e-3)
+    else:  # a few steps: not orthonormal (the bound above is the applied weight's σ₁)
+        assert sv.min() < 0.9
+
+
+def test_stop_gradient_keeps_the_forward_pass_and_changes_only_the_gradient():
+    full, sg = _model(), _model("bjorck_stop_gradient=true")
+    x = jax.random.uniform(jax.random.key(1), (5, *SHAPE))
+    np.testing.assert_allclose(np.asarray(sg(x)), np.asarray(full(x)), rtol=0, atol=1e-6)
+
+    def grad(m):
+        graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+        g = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2))(params)
+        return np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])
+
+    g_full, g_sg = grad(full), grad(sg)
+    assert np.all(np.isfinite(g_sg))
+    # Not the full gradient (only the last step is differentiated), but the same descent
+    # direction to first order at convergence: positively correlated.
+    assert not np.allclose(g_full, g_sg, rtol=1e-3, atol=1e-6)
+    assert g_full @ g_sg > 0
+
+
+@pytest.mark.parametrize("item, message", [
+    ("bjorck_order=3", "config: bjorck_order=3; expected 1 or 2"),
+    ("bjorck_iters=0", "config: bjorck_iters=0; expected an integer ≥ 1"),
+    ("bjorck_stop_gradient=maybe", "bjorck_stop_gradient='maybe' is not a valid bool"),
+])
+def test_bad_bjorck_settings_name_the_key(item, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("fashion-groupsort4", [item])
+
+
+def test_mlp4_comparison_shares_one_budget():
+    """fashion-mlp4, its unpenalized twin and the 1-Lipschitz baselines: same steps, batch,
+    widths, data and schedule; the baseline's cheaper Björck gradient changes no budget."""
+    names = ("fashion-mlp4", "fashion-mlp4-nopen", "fashion-groupsort4", "fashion-aol4")
+    keys = ("dataset", "widths", "batch_size", "steps", "learning_rate", "lr_warmup", "eps")
+    ref = {k: getattr(CONFIGS[names[0]], k) for k in keys}
+    for name in names[1:]:
+        assert {k: getattr(CONFIGS[name], k) for k in keys} == ref, name
+    gs = CONFIGS["fashion-groupsort4"]
+    assert gs.bjorck_stop_gradient and gs.bjorck_iters == 15 and gs.bjorck_order == 1
