@@ -51,6 +51,8 @@ class Config:
         ``groupsort_mlp``'s layers (:func:`liplax.nn.bjorck.bjorck`): steps per forward pass, order
         (1 or 2), and whether only the last step is differentiated. The bound certifies the weight
         actually applied (exact SVD), so fewer steps are never unsound, only less orthonormal.
+      init_norm: 0 for LeCun-normal weights; > 0 for orthogonal weights scaled to this spectral
+        norm in every layer of a free-weight MLP (the trivial bound starts at init_norm^(depth+1)).
       grouped: run the penalty's power steps of same-shape layers as one batched step per group
         (:func:`liplax.grouped.grouped_log_bound`; same values; faster for CNNs on CPU).
       optimizer, learning_rate, lr_warmup, weight_decay: optax optimizer and schedule (linear
@@ -85,6 +87,7 @@ class Config:
     bjorck_iters: int = 15
     bjorck_order: int = 1
     bjorck_stop_gradient: bool = False
+    init_norm: float = 0.0
     grouped: bool = False
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -178,7 +181,8 @@ def _validate(c: Config) -> None:
     for f in ("temperature", "learning_rate", "penalty_target"):
         if not getattr(c, f) > 0 or not math.isfinite(getattr(c, f)):
             bad(f, "a finite number > 0")
-    for f in ("offset", "margin", "alpha", "penalty_weight", "weight_decay", "gap_weight"):
+    for f in ("offset", "margin", "alpha", "penalty_weight", "weight_decay", "gap_weight",
+              "init_norm"):
         if not getattr(c, f) >= 0 or not math.isfinite(getattr(c, f)):
             bad(f, "a finite number ≥ 0")
     for f in ("batch_size", "steps", "log_every", "keep_checkpoints", "eval_examples",

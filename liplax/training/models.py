@@ -78,15 +78,17 @@ def build_model(
     layers = [lnn.Flatten()]
     fan_in = d
     one_lip = _one_lipschitz_layer(config, rngs)
+    init = {} if config.init_norm == 0 else {
+        "kernel_init": nnx.initializers.orthogonal(scale=config.init_norm)}
     for width in w:
         if config.model == "sin_mlp":
-            layers.append(lnn.SinusoidalDense(fan_in, width, rngs=rngs))
+            layers.append(lnn.SinusoidalDense(fan_in, width, rngs=rngs, **init))
             fan_in = 2 * width
         elif config.model in ONE_LIPSCHITZ:
             layers += [one_lip(fan_in, width), lnn.MaxMin()]
             fan_in = width
         else:
-            layers.append(lnn.Dense(fan_in, width, use_bias=True, rngs=rngs))
+            layers.append(lnn.Dense(fan_in, width, use_bias=True, rngs=rngs, **init))
             if config.model == "relu_mlp":
                 layers.append(lnn.ReLU())
                 fan_in = width
@@ -99,7 +101,7 @@ def build_model(
     if config.model in ONE_LIPSCHITZ:
         layers.append(one_lip(fan_in, k))
     else:
-        layers.append(lnn.Dense(fan_in, k, rngs=rngs))
+        layers.append(lnn.Dense(fan_in, k, rngs=rngs, **init))
     return lnn.Sequential(*layers)
 
 

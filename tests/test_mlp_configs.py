@@ -1,5 +1,6 @@
-"""The Björck settings of a config (``bjorck_iters``, ``bjorck_order``, ``bjorck_stop_gradient``)
-reach ``groupsort_mlp``'s layers, and the certified bound stays sound with few Björck steps.
+"""The MLP settings of a config: the Björck settings (``bjorck_iters``, ``bjorck_order``,
+``bjorck_stop_gradient``) reach ``groupsort_mlp``'s layers, the certified bound stays sound with
+few Björck steps, and ``init_norm`` gives free-weight MLPs orthogonal weights of that norm.
 
 The effective kernels are checked against an independent float64 NumPy Björck iteration (same
 initial scaling), and every layer's certified bound against the NumPy SVD of the weight the
@@ -112,3 +113,31 @@ def test_mlp4_comparison_shares_one_budget():
         assert {k: getattr(CONFIGS[name], k) for k in keys} == ref, name
     gs = CONFIGS["fashion-groupsort4"]
     assert not gs.bjorck_stop_gradient and gs.bjorck_iters == 15 and gs.bjorck_order == 1
+
+
+@pytest.mark.parametrize("model,norm", [("sin_mlp", 1.0), ("relu_mlp", 0.5), ("abs_mlp", 2.0)])
+def test_init_norm_gives_orthogonal_weights_of_that_spectral_norm(model, norm):
+    config = get_config("default", [f"model={model}", "widths=8,12,8", f"init_norm={norm}"])
+    m = build_model(config, SHAPE, 4, rngs=nnx.Rngs(params=jax.random.key(2)))
+    kernels = [np.asarray(layer.kernel[...], np.float64) for layer in m.layers
+               if hasattr(layer, "kernel")]
+    assert len(kernels) == 4
+    for k in kernels:  # every singular value (min(in, out) of them) equals init_norm
+        np.testing.assert_allclose(np.linalg.svd(k, compute_uv=False), norm, rtol=1e-5)
+    b = bounds.trivial_bound(m, SHAPE)
+    assert float(b.value) == pytest.approx(norm ** 4, rel=1e-4)
+
+
+def test_init_norm_zero_keeps_lecun_normal_weights():
+    config = get_config("default", ["widths=64"])
+    m = build_model(config, SHAPE, 4, rngs=nnx.Rngs(params=jax.random.key(3)))
+    k = np.asarray(m.layers[1].kernel[...], np.float64)
+    assert k.shape == (36, 64)
+    assert k.std() == pytest.approx(1 / np.sqrt(36), rel=0.1)  # LeCun: variance 1/fan_in
+    sv = np.linalg.svd(k, compute_uv=False)
+    assert sv.max() / sv.min() > 2  # not orthogonal
+
+
+def test_negative_init_norm_is_refused():
+    with pytest.raises(ValueError, match="config: init_norm=-1.0; expected a finite number ≥ 0"):
+        get_config("default", ["init_norm=-1"])
