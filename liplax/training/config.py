@@ -274,10 +274,16 @@ _MLP4 = dict(
 )
 _HKR = dict(penalty="none", loss="hkr", margin=0.1, alpha=50.0)
 CONFIGS.update({
-    # The recipe (experiments/README.md §6): log penalty plus the gap penalty (μ = 0.5: wider
-    # accuracy margins than μ = 1 for a tightness still ≤ 1.03).
-    "fashion-mlp4": Config(name="fashion-mlp4", penalty_weight=0.15, gap_weight=0.5, **_MLP4),
-    "fashion-mlp4-nopen": Config(name="fashion-mlp4-nopen", penalty="none", **_MLP4),
+    # The recipe (experiments/README.md §6): |·| layers with orthogonal initial weights of norm
+    # 1, the log penalty and the gap penalty; and the same network unpenalized.
+    "fashion-mlp4": Config(name="fashion-mlp4", model="abs_mlp", init_norm=1.0,
+                           penalty_weight=0.1, gap_weight=1.0, **_MLP4),
+    "fashion-mlp4-nopen": Config(name="fashion-mlp4-nopen", model="abs_mlp", init_norm=1.0,
+                                 penalty="none", **_MLP4),
+    # The sinusoidal recipe (log 0.15 + gap 0.5) and its unpenalized twin.
+    "fashion-mlp4-sin": Config(name="fashion-mlp4-sin", penalty_weight=0.15, gap_weight=0.5,
+                               **_MLP4),
+    "fashion-mlp4-sin-nopen": Config(name="fashion-mlp4-sin-nopen", penalty="none", **_MLP4),
     # Björck with 15 differentiated steps: the strong baseline. bjorck_stop_gradient=true runs
     # in 0.4× the step time but certifies less (experiments/README.md §6).
     "fashion-groupsort4": Config(name="fashion-groupsort4", model="groupsort_mlp", **_HKR,
