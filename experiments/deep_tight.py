@@ -5,8 +5,16 @@ Families (:data:`FAMILIES`, one line each; a CNN family can be added the same wa
 
 - ``sin + gap``: the bias-free sinusoidal MLP trained with the log trivial-bound penalty and the
   gap penalty (:mod:`liplax.training.gap`: log U minus the log of the gain the network attains
-  at data points along its top Jacobian direction): the recipe of ``fashion-mlp4``;
-- ``sin + log``: the same with the log penalty alone (the recipe before the gap penalty);
+  at data points along its top Jacobian direction): the recipe of ``fashion-mlp4`` (whose μ is
+  now 0.5; the rows of experiments/README.md §6 were run with μ = 1);
+- ``abs + gap``: the depth recipe: dense layers with |·| (Jacobian diag(±1) W: a square
+  layer whose singular values are equal passes every direction at full gain, where a sinusoidal
+  layer, doubling the features that the next layer halves, keeps only the part of a direction
+  in the next layer's top singular space), orthogonal initial weights of norm 1
+  (``init_norm=1``: the bound starts at 1, not at ~57 for LeCun-normal weights at depth 8), and
+  the log and gap penalties (λ = 0.15, μ = 1);
+- ``sin + log``: the sinusoidal MLP with the log penalty alone (the recipe before the gap
+  penalty);
 - ``sin``: the same network without any penalty (``fashion-mlp4-nopen``);
 - ``groupsort + björck``: Björck-orthonormalized layers with MaxMin, HKR loss
   (1-Lipschitz by construction; Anil et al., ICML 2019);
@@ -18,8 +26,9 @@ Every network has the same width at every hidden layer and the same step budget,
 exact local norm and on difference quotients: a value the network reaches), tightness their
 ratio, certified accuracy at ε ∈ {0.1, 0.3, 0.5, 1.0} (ℓ2, inputs in [0, 1]).
 
-Run: ``python experiments/deep_tight.py [--quick] [--steps N] [--out results] [--seed 0]``
-(full: Fashion-MNIST, width 128, ``--steps`` 2000 by default: 20 runs; quick: digits, width 16,
+Run: ``python experiments/deep_tight.py [--quick] [--steps N] [--out results] [--seed 0]
+[--families LABEL ...] [--depths D ...]``
+(full: Fashion-MNIST, width 128, ``--steps`` 2000 by default: 24 runs; quick: digits, width 16,
 depths 1 and 2, 30 steps).
 """
 
@@ -49,6 +58,8 @@ HKR = ["penalty=none", "loss=hkr", "margin=0.1", "alpha=50"]
 # label: (model, overrides). One line adds a family.
 FAMILIES: dict[str, tuple[str, list[str]]] = {
     "sin + gap": ("sin_mlp", ["penalty=log", "penalty_weight=0.15", "gap_weight=1"]),
+    "abs + gap": ("abs_mlp", ["penalty=log", "penalty_weight=0.15", "gap_weight=1",
+                              "init_norm=1"]),
     "sin + log": ("sin_mlp", ["penalty=log", "penalty_weight=0.15"]),
     "sin": ("sin_mlp", ["penalty=none"]),
     "groupsort + björck": ("groupsort_mlp", HKR),
@@ -137,12 +148,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None,
                     help="optimizer steps per run (default 2000; quick: 30)")
     ap.add_argument("--width", type=int, default=None, help="hidden width (default 128)")
+    ap.add_argument("--families", nargs="*", default=None, choices=list(FAMILIES),
+                    help="families to run (default: all)")
+    ap.add_argument("--depths", nargs="*", type=int, default=None,
+                    help="hidden-layer counts (default 1 2 4 8; quick: 1 2)")
     args: argparse.Namespace = ap.parse_args()
     from liplax.jaxcache import enable_compilation_cache
 
     enable_compilation_cache()
     t0 = time.perf_counter()
-    run(args.out, quick=args.quick, seed=args.seed, steps=args.steps, width=args.width)
+    run(args.out, quick=args.quick, seed=args.seed, steps=args.steps, width=args.width,
+        families=args.families, depths=args.depths)
     print(f"{NAME}: wrote {args.out}/{NAME}/ in {time.perf_counter() - t0:.1f} s")
 
 

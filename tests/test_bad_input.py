@@ -443,6 +443,9 @@ CASES = [
          lambda: training.get_config("default", ["gap_weight=1", "penalty=none"]), ValueError,
          "config: penalty='none'; expected log when gap_weight > 0 (the gap is log U − log of the "
          "attained gain)"),
+    Case("training.with_overrides", "--set bjorck_order=3",
+         lambda: training.get_config("fashion-groupsort4", ["bjorck_order=3"]), ValueError,
+         "config: bjorck_order=3; expected 1 or 2"),
     Case("certify.witness.witness_gain", "a pair witness with x = y",
          lambda: witness_gain(lambda x: x, "pair", np.ones(3), np.ones(3)), ValueError,
          "witness_gain: a pair witness needs x ≠ y"),

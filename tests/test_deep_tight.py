@@ -151,8 +151,9 @@ def test_every_family_config_has_the_depth_and_width_asked():
             c = deep_tight.family_config(label, depth, steps=2000, width=128, quick=False, seed=0)
             assert c.model == model and c.widths == (128,) * depth and c.steps == 2000
             assert c.dataset == "fashion-mnist" and c.eps == (0.1, 0.3, 0.5, 1.0)
-            assert (c.gap_weight > 0) == (label == "sin + gap")
-            assert (c.penalty == "none") == (label not in ("sin + gap", "sin + log"))
+            assert (c.gap_weight > 0) == (label in ("sin + gap", "abs + gap"))
+            assert (c.penalty == "none") == (label not in ("sin + gap", "abs + gap", "sin + log"))
+            assert (c.init_norm == 1) == (label == "abs + gap")
 
 
 @pytest.mark.slow

@@ -47,6 +47,12 @@ class Config:
       gap_weight: μ of the gap penalty μ·(log U − log of the gain attained at data points)
         (:mod:`liplax.training.gap`; 0 = off; needs ``penalty=log`` and a free-weight MLP);
         ``gap_points``: batch examples it searches; ``gap_power_iters``: its power steps.
+      bjorck_iters, bjorck_order, bjorck_stop_gradient: the Björck orthonormalization of
+        ``groupsort_mlp``'s layers (:func:`liplax.nn.bjorck.bjorck`): steps per forward pass, order
+        (1 or 2), and whether only the last step is differentiated. The bound certifies the weight
+        actually applied (exact SVD), so fewer steps are never unsound, only less orthonormal.
+      init_norm: 0 for LeCun-normal weights; > 0 for orthogonal weights scaled to this spectral
+        norm in every layer of a free-weight MLP (the trivial bound starts at init_norm^(depth+1)).
       grouped: run the penalty's power steps of same-shape layers as one batched step per group
         (:func:`liplax.grouped.grouped_log_bound`; same values; faster for CNNs on CPU).
       optimizer, learning_rate, lr_warmup, weight_decay: optax optimizer and schedule (linear
@@ -78,6 +84,10 @@ class Config:
     gap_weight: float = 0.0
     gap_points: int = 4
     gap_power_iters: int = 3
+    bjorck_iters: int = 15
+    bjorck_order: int = 1
+    bjorck_stop_gradient: bool = False
+    init_norm: float = 0.0
     grouped: bool = False
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -171,11 +181,12 @@ def _validate(c: Config) -> None:
     for f in ("temperature", "learning_rate", "penalty_target"):
         if not getattr(c, f) > 0 or not math.isfinite(getattr(c, f)):
             bad(f, "a finite number > 0")
-    for f in ("offset", "margin", "alpha", "penalty_weight", "weight_decay", "gap_weight"):
+    for f in ("offset", "margin", "alpha", "penalty_weight", "weight_decay", "gap_weight",
+              "init_norm"):
         if not getattr(c, f) >= 0 or not math.isfinite(getattr(c, f)):
             bad(f, "a finite number ≥ 0")
     for f in ("batch_size", "steps", "log_every", "keep_checkpoints", "eval_examples",
-              "lower_steps", "lower_restarts", "gap_points", "gap_power_iters"):
+              "lower_steps", "lower_restarts", "gap_points", "gap_power_iters", "bjorck_iters"):
         if getattr(c, f) < 1:
             bad(f, "an integer ≥ 1")
     for f in ("penalty_warmup", "lr_warmup", "seed"):
@@ -191,6 +202,8 @@ def _validate(c: Config) -> None:
         bad("penalty", "log when gap_weight > 0 (the gap is log U − log of the attained gain)")
     if c.gap_weight > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp"):
         bad("model", "a free-weight MLP (sin/abs/crelu/relu_mlp) when gap_weight > 0")
+    if c.bjorck_order not in (1, 2):
+        bad("bjorck_order", "1 or 2")
     if c.model in ("groupsort_mlp", "aol_mlp") and any(w % 2 for w in c.widths):
         bad("widths", "even widths (GroupSort sorts pairs)")
 
@@ -261,9 +274,18 @@ _MLP4 = dict(
 )
 _HKR = dict(penalty="none", loss="hkr", margin=0.1, alpha=50.0)
 CONFIGS.update({
-    # The recipe (experiments/README.md §6): log penalty plus the gap penalty.
-    "fashion-mlp4": Config(name="fashion-mlp4", penalty_weight=0.15, gap_weight=1.0, **_MLP4),
-    "fashion-mlp4-nopen": Config(name="fashion-mlp4-nopen", penalty="none", **_MLP4),
+    # The recipe (experiments/README.md §6): |·| layers with orthogonal initial weights of norm
+    # 1, the log penalty and the gap penalty; and the same network unpenalized.
+    "fashion-mlp4": Config(name="fashion-mlp4", model="abs_mlp", init_norm=1.0,
+                           penalty_weight=0.1, gap_weight=1.0, **_MLP4),
+    "fashion-mlp4-nopen": Config(name="fashion-mlp4-nopen", model="abs_mlp", init_norm=1.0,
+                                 penalty="none", **_MLP4),
+    # The sinusoidal recipe (log 0.15 + gap 0.5) and its unpenalized twin.
+    "fashion-mlp4-sin": Config(name="fashion-mlp4-sin", penalty_weight=0.15, gap_weight=0.5,
+                               **_MLP4),
+    "fashion-mlp4-sin-nopen": Config(name="fashion-mlp4-sin-nopen", penalty="none", **_MLP4),
+    # Björck with 15 differentiated steps: the strong baseline. bjorck_stop_gradient=true runs
+    # in 0.4× the step time but certifies less (experiments/README.md §6).
     "fashion-groupsort4": Config(name="fashion-groupsort4", model="groupsort_mlp", **_HKR,
                                  **_MLP4),
     "fashion-aol4": Config(name="fashion-aol4", model="aol_mlp", **_HKR, **_MLP4),

@@ -77,15 +77,18 @@ def build_model(
         return lnn.Sequential(*layers, lnn.Flatten(), lnn.Dense(h * wd * c, k, rngs=rngs))
     layers = [lnn.Flatten()]
     fan_in = d
+    one_lip = _one_lipschitz_layer(config, rngs)
+    init = {} if config.init_norm == 0 else {
+        "kernel_init": nnx.initializers.orthogonal(scale=config.init_norm)}
     for width in w:
         if config.model == "sin_mlp":
-            layers.append(lnn.SinusoidalDense(fan_in, width, rngs=rngs))
+            layers.append(lnn.SinusoidalDense(fan_in, width, rngs=rngs, **init))
             fan_in = 2 * width
         elif config.model in ONE_LIPSCHITZ:
-            layers += [ONE_LIPSCHITZ[config.model](fan_in, width, rngs=rngs), lnn.MaxMin()]
+            layers += [one_lip(fan_in, width), lnn.MaxMin()]
             fan_in = width
         else:
-            layers.append(lnn.Dense(fan_in, width, use_bias=True, rngs=rngs))
+            layers.append(lnn.Dense(fan_in, width, use_bias=True, rngs=rngs, **init))
             if config.model == "relu_mlp":
                 layers.append(lnn.ReLU())
                 fan_in = width
@@ -96,10 +99,19 @@ def build_model(
                 layers.append(lnn.CReLU())
                 fan_in = 2 * width
     if config.model in ONE_LIPSCHITZ:
-        layers.append(ONE_LIPSCHITZ[config.model](fan_in, k, rngs=rngs))
+        layers.append(one_lip(fan_in, k))
     else:
-        layers.append(lnn.Dense(fan_in, k, rngs=rngs))
+        layers.append(lnn.Dense(fan_in, k, rngs=rngs, **init))
     return lnn.Sequential(*layers)
+
+
+def _one_lipschitz_layer(config: Config, rngs: nnx.Rngs):
+    """(in, out) ↦ the dense layer of a 1-Lipschitz MLP config (Björck settings from config)."""
+    cls = ONE_LIPSCHITZ.get(config.model)
+    if cls is lnn.BjorckDense:
+        return lambda a, b: cls(a, b, num_iters=config.bjorck_iters, order=config.bjorck_order,
+                                stop_gradient=config.bjorck_stop_gradient, rngs=rngs)
+    return lambda a, b: cls(a, b, rngs=rngs)
 
 
 def lipschitz_mlp(
