@@ -189,8 +189,10 @@ def _validate(c: Config) -> None:
         bad("eps", "finite radii ≥ 0")
     if c.gap_weight > 0 and c.penalty != "log":
         bad("penalty", "log when gap_weight > 0 (the gap is log U − log of the attained gain)")
-    if c.gap_weight > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp"):
-        bad("model", "a free-weight MLP (sin/abs/crelu/relu_mlp) when gap_weight > 0")
+    if c.gap_weight > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "cnn",
+                                            "cnn_strided"):  # = training.gap.GAP_MODELS
+        bad("model", "a free-weight network (sin/abs/crelu/relu_mlp, cnn, cnn_strided) when "
+            "gap_weight > 0")
     if c.model in ("groupsort_mlp", "aol_mlp") and any(w % 2 for w in c.widths):
         bad("widths", "even widths (GroupSort sorts pairs)")
 
