@@ -24,7 +24,7 @@ from collections.abc import Sequence
 # No JAX, Flax or liplax.nn here: the command line parses and checks a config without them.
 
 MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn", "cnn_strided",
-          "cnn_aol", "aol_mlp")
+          "cnn_aol", "aol_mlp", "cnn_exact")
 PENALTIES = ("none", "log", "product", "hinge")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -190,9 +190,9 @@ def _validate(c: Config) -> None:
     if c.gap_weight > 0 and c.penalty != "log":
         bad("penalty", "log when gap_weight > 0 (the gap is log U − log of the attained gain)")
     if c.gap_weight > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "cnn",
-                                            "cnn_strided"):  # = training.gap.GAP_MODELS
-        bad("model", "a free-weight network (sin/abs/crelu/relu_mlp, cnn, cnn_strided) when "
-            "gap_weight > 0")
+                                            "cnn_strided", "cnn_exact"):  # training.gap
+        bad("model", "a free-weight network (sin/abs/crelu/relu_mlp, cnn, cnn_strided, "
+            "cnn_exact) when gap_weight > 0")
     if c.model in ("groupsort_mlp", "aol_mlp") and any(w % 2 for w in c.widths):
         bad("widths", "even widths (GroupSort sorts pairs)")
 

@@ -18,9 +18,9 @@ the path the data take) while lowering the bound. The objective of a step is
 The network must act on each example separately (no batch statistics): the Jacobian of the
 batched map is then block diagonal and one batched ``jvp`` gives every J(x_i)v_i at once.
 Used only for free-weight networks (``sin_mlp``, ``abs_mlp``, ``crelu_mlp``, ``relu_mlp`` and
-the CNNs ``cnn``, ``cnn_strided``: :data:`GAP_MODELS`), whose forward pass moves no state. For a
-network with convolutions the power steps are unrolled (a fixed, small trip count) instead of a
-``fori_loop``: XLA's CPU backend runs the convolutions of a loop body about 15× slower.
+the CNNs ``cnn``, ``cnn_strided``, ``cnn_exact``: :data:`GAP_MODELS`), whose forward pass moves
+no state. For a network with convolutions the power steps are unrolled (a fixed, small trip
+count) instead of a ``fori_loop``: XLA's CPU backend runs a loop body's convolutions ~15× slower.
 
 See ``docs/design.md §training`` (the gap penalty). Reference: the gap is the per-network form
 of the tightness ratio of Kuang, Xu, Sivaranjani & Lin (2026); power iteration on the Jacobian
@@ -38,7 +38,7 @@ from jax import lax
 
 from liplax.training.config import Config
 
-GAP_MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "cnn", "cnn_strided")
+GAP_MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "cnn", "cnn_strided", "cnn_exact")
 
 
 def gap_weight(config: Config, step: jax.Array) -> jax.Array:
