@@ -222,7 +222,7 @@ _CNN4_COMMON = dict(
 )
 _CNN4 = {
     "fashion-cnn4": Config(name="fashion-cnn4", model="cnn_strided", penalty_weight=0.2,
-                           gap_weight=1.0, **_CNN4_COMMON),
+                           gap_weight=0.3, **_CNN4_COMMON),
     "fashion-cnn4-nopen": Config(name="fashion-cnn4-nopen", model="cnn_strided", penalty="none",
                                  **_CNN4_COMMON),
     "fashion-cnn4-aol": Config(name="fashion-cnn4-aol", model="cnn_aol", penalty="none",
