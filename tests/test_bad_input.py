@@ -217,6 +217,14 @@ CASES = [
              "Conv: padding must be one of ('CIRCULAR', 'SAME', 'VALID') or "
              "explicit ((lo, hi), (lo, hi)) ints, got 'FULL'"
          )),
+    Case("nn.ExactConv", 'padding="SAME"',
+         lambda: ln.ExactConv(2, 2, 3, input_size=(4, 4), padding="SAME", rngs=rngs()),
+         ValueError, "ExactConv: padding must be 'CIRCULAR' (the exact norm is that of a "
+         "circular convolution), got 'SAME'"),
+    Case("nn.ExactConv", "strides=2 on input_size=(5, 4)",
+         lambda: ln.ExactConv(2, 2, 3, input_size=(5, 4), strides=2, rngs=rngs()),
+         ValueError, "ExactConv: strides (2, 2) must divide input_size (5, 4) (the exact norm "
+         "by polyphase decomposition)"),
     Case("nn.BjorckDense", "order=3", lambda: ln.BjorckDense(3, 2, order=3, rngs=rngs()),
          ValueError,
          'BjorckDense: order must be 1 or 2, got 3'),

@@ -20,7 +20,7 @@ from flax import nnx
 
 from liplax import bounds, training
 from liplax import nn as lnn
-from liplax.training import evaluation
+from liplax.training import evaluation, gap
 from liplax.training.models import build_model
 from liplax.training.outputs import layer_rows
 from tests import reference as ref
@@ -223,3 +223,118 @@ def test_fashion_cnn4_configs_build_four_convolutions(name):
     convs = [layer for layer in model.layers if isinstance(layer, lnn.Conv | lnn.AOLConv)]
     assert len(convs) == 4
     assert model(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+
+
+# ----------------------------------------------------------------------------- the gap on CNNs
+
+
+def _tiny_cnn(seed: int, widths: str = "4,6,6,4"):
+    config = tiny_config("model=cnn_strided", f"widths={widths}")
+    model = build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(seed))
+    model.eval()
+    return model
+
+
+def _float64_jacobian_norms(model, xs: np.ndarray) -> np.ndarray:
+    """‖J(x_i)‖₂ of the model at each x_i: float64 forward-mode Jacobian, NumPy SVD."""
+    with jax.enable_x64():
+        gd, st = nnx.split(model)
+        m64 = nnx.merge(gd, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), st))
+        f = lambda x: m64(x.reshape(1, 8, 8, 1)).reshape(-1)  # noqa: E731
+        jac = jax.jit(jax.vmap(jax.jacfwd(f)))(jnp.asarray(xs.reshape(len(xs), -1), jnp.float64))
+        return np.array([np.linalg.norm(np.asarray(j), 2) for j in jac])
+
+
+_gain = nnx.jit(gap.attained_log_gain, static_argnames=("power_iters", "unroll"))
+
+
+@pytest.mark.slow
+def test_gap_on_a_cnn_is_log_bound_minus_the_float64_gain_at_the_points():
+    model = _tiny_cnn(0)
+    xs = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 1)).astype(np.float32)
+    truth = _float64_jacobian_norms(model, xs)
+    # 40 power steps as a loop (40 unrolled steps take minutes to compile), then the training
+    # path's unrolled steps: the same directions, the same gain as the loop's.
+    converged = math.exp(float(_gain(model, jnp.asarray(xs), power_iters=40, unroll=False)))
+    assert converged == pytest.approx(truth.max(), rel=2e-4)
+    unrolled = float(_gain(model, jnp.asarray(xs), power_iters=2))
+    assert unrolled == pytest.approx(
+        float(_gain(model, jnp.asarray(xs), power_iters=2, unroll=False)), abs=1e-5)
+    assert math.exp(unrolled) <= truth.max() * (1 + 1e-5)  # attained: ≤ the true local norm
+    log_upper = jnp.log(bounds.trivial_bound(model, (8, 8, 1)).value)
+    config = tiny_config("model=cnn_strided", "gap_weight=1", "gap_points=3",
+                         "gap_power_iters=2")
+    g = float(gap.gap_penalty(config, model, log_upper, jnp.asarray(xs)))
+    assert g == pytest.approx(float(log_upper) - unrolled, abs=1e-5)
+    assert float(log_upper) - math.log(truth.max()) >= -1e-5  # the bound is above every gain
+
+
+def _chunk_jaxpr(config, data):
+    run = training.init_run(config, data.input_shape, 10)
+    chunk = training.step.make_chunk(run, len(data.y_train), None)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    return jax.make_jaxpr(lambda s: chunk(s, x, y, 1))(run.state)
+
+
+def test_a_cnn_chunk_with_the_gap_runs_no_convolution_inside_a_loop(digits):
+    # Old mechanism: the gap's power steps were a fori_loop, whose body (jvp and vjp of the
+    # network) holds every convolution: XLA's CPU backend runs those ~15× slower in a loop.
+    with_gap = _chunk_jaxpr(tiny_config(*CNN, "gap_weight=1", "gap_power_iters=2"), digits)
+    assert _loops_over_convs(with_gap) == []
+    without = _chunk_jaxpr(tiny_config(*CNN), digits)
+    # the gap's power steps and its differentiated jvp add convolutions, all outside loops
+    assert str(with_gap).count("conv_general_dilated") > str(without).count("conv_general_dilated")
+
+
+@pytest.mark.parametrize("model,accepted", [("cnn_strided", True), ("cnn", True),
+                                            ("cnn_aol", False)])
+def test_gap_is_accepted_on_free_weight_cnns_only(model, accepted):
+    args = [f"model={model}", "widths=4,6", "gap_weight=1"]
+    if accepted:
+        assert tiny_config(*args).gap_weight == 1.0
+        assert model in gap.GAP_MODELS
+    else:
+        with pytest.raises(ValueError, match="model='cnn_aol'"):
+            tiny_config(*args)
+
+
+# ----------------------------------------------------------------------------- ExactConv
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strides,hw,cin,cout", [(1, (8, 8), 1, 3), (2, (8, 6), 3, 4)])
+def test_exact_conv_penalty_value_is_the_float64_norm_where_power_iteration_is_below(
+        strides, hw, cin, cout):
+    # Old mechanism: the penalty's value of a circular Conv was one warm power step, below the
+    # norm (the 4-conv CNN's estimates were 0.6-3.6% under it); ExactConv gives the norm.
+    key = jax.random.key(strides)
+    exact = lnn.ExactConv(cin, cout, 3, input_size=hw, strides=strides, rngs=nnx.Rngs(key))
+    plain = lnn.Conv(cin, cout, 3, input_size=hw, strides=strides, padding="CIRCULAR",
+                     rngs=nnx.Rngs(key))
+    k = np.asarray(exact.kernel[...], np.float64)
+    truth = ref.spectral_norm_truth(ref.conv_operator(k, hw, strides, "CIRCULAR"))
+    shape = (*hw, cin)
+    before = np.asarray(exact.power_state[...])
+    assert float(exact.lipschitz_estimate(shape).value) == pytest.approx(truth, rel=1e-5)
+    assert not np.array_equal(before, np.asarray(exact.power_state[...]))  # the state moved
+    assert float(plain.lipschitz_estimate(shape).value) < truth * (1 - 1e-3)
+    # the same map, the same certificate as Conv
+    x = jax.random.normal(jax.random.key(9), (2, *shape))
+    np.testing.assert_array_equal(np.asarray(exact(x)), np.asarray(plain(x)))
+    assert float(exact.lipschitz_bound(shape).value) == float(plain.lipschitz_bound(shape).value)
+
+
+@pytest.mark.slow
+def test_cnn_exact_penalty_is_the_log_of_its_exact_conv_norms_and_the_head_estimate():
+    config = tiny_config("model=cnn_exact", "widths=4,6,6,4")
+    model = build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(4))
+    nodes = lnn.walk.top_level(model, (8, 8, 1))
+    convs = [n for n in nodes if isinstance(n.layer, lnn.Conv)]
+    assert [type(n.layer) for n in convs] == [lnn.ExactConv] * 4
+    head = nnx.clone(nodes[-1].layer)  # its warm power step, from the same state
+    head_log = math.log(float(head.lipschitz_estimate(nodes[-1].input_shape).value))
+    pen = float(bounds.trivial_bound_penalty(model, (8, 8, 1)))
+    want = sum(math.log(ref.spectral_norm_truth(ref.conv_operator(
+        np.asarray(n.layer.kernel[...], np.float64), n.input_shape[:2], n.layer.strides,
+        "CIRCULAR"))) for n in convs)
+    assert pen == pytest.approx(want + head_log, abs=1e-4)

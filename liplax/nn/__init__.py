@@ -39,6 +39,7 @@ from liplax.nn.bjorck import BjorckDense, bjorck
 from liplax.nn.containers import Residual, Sequential
 from liplax.nn.conv import Conv
 from liplax.nn.dense import Dense
+from liplax.nn.exact_conv import ExactConv
 from liplax.nn.export import to_plain
 from liplax.nn.linf import LinfDense, project_l1_ball
 from liplax.nn.misc import AvgPool, Flatten, MaxPool, Scale
@@ -57,6 +58,7 @@ __all__ = [
     "BjorckDense",
     "CReLU",
     "Conv",
+    "ExactConv",
     "CosSin",
     "Dense",
     "Flatten",

@@ -15,6 +15,9 @@ only for inputs constant on each window. Here:
   |·| has Jacobian diag(±1), an isometry wherever no pre-activation is 0, and the final
   dense layer's norm is exact. What remains is misalignment between layers, which the
   trivial-bound penalty removes.
+- ``cnn_exact``: ``cnn_strided`` with :class:`liplax.nn.ExactConv` (the same map and
+  certificate; the penalty sees each convolution's exact norm instead of a warm
+  power-iteration estimate from below, which lags on a convolution's near-degenerate spectrum).
 - ``cnn_aol``: the same layout with :class:`liplax.nn.AOLConv` (certified 1-Lipschitz for every
   size, padding and stride; Prach & Lampert, ECCV 2022), MaxMin (GroupSort with groups of 2;
   Anil et al., ICML 2019) and an :class:`liplax.nn.AOLDense` head: the 1-Lipschitz baseline.
@@ -32,7 +35,7 @@ from flax import nnx
 from liplax import nn as lnn
 
 #: the models built here (``cnn``, the pooled one, is built by :mod:`liplax.training.models`).
-CNN_MODELS = ("cnn_strided", "cnn_aol")
+CNN_MODELS = ("cnn_strided", "cnn_aol", "cnn_exact")
 #: the (0-based) convolutions that downsample by 2 in the strided families.
 STRIDED_LAYERS = (1, 2)
 
@@ -56,8 +59,9 @@ def _strided(model, shape, widths, k: int, rngs: nnx.Rngs) -> lnn.Sequential:
             layers += [lnn.AOLConv(c, ch, (3, 3), strides=s, padding="CIRCULAR", rngs=rngs),
                        lnn.MaxMin()]
         else:
-            layers += [lnn.Conv(c, ch, (3, 3), input_size=(h, wd), strides=s,
-                                padding="CIRCULAR", rngs=rngs), lnn.Abs()]
+            conv = lnn.ExactConv if model == "cnn_exact" and (h % s, wd % s) == (0, 0) else lnn.Conv
+            layers += [conv(c, ch, (3, 3), input_size=(h, wd), strides=s, padding="CIRCULAR",
+                            rngs=rngs), lnn.Abs()]
         c, h, wd = ch, h // s, wd // s
     head = lnn.AOLDense if aol else lnn.Dense
     return lnn.Sequential(*layers, lnn.Flatten(), head(h * wd * c, k, rngs=rngs))
