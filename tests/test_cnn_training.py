@@ -276,6 +276,7 @@ def _chunk_jaxpr(config, data):
     return jax.make_jaxpr(lambda s: chunk(s, x, y, 1))(run.state)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_a_cnn_chunk_with_the_gap_runs_no_convolution_inside_a_loop(digits):
     # Old mechanism: the gap's power steps were a fori_loop, whose body (jvp and vjp of the
     # network) holds every convolution: XLA's CPU backend runs those ~15× slower in a loop.

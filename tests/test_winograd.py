@@ -38,7 +38,9 @@ def test_the_fast_path_is_taken_where_it_is_meant_to_be():
         assert other.power_maps() == (other.apply, other.transpose)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", [
+    "float32",
+    pytest.param("float64", marks=pytest.mark.slow)])  # the default suite's budget; fuzz: float32
 @pytest.mark.parametrize(("pad_name", "hw_name"), rotate(list(PADDINGS), list(SIZES)))
 def test_power_maps_are_the_layer_and_its_adjoint(pad_name, hw_name, dtype):
     padding, hw = PADDINGS[pad_name], SIZES[hw_name]
@@ -81,6 +83,7 @@ def test_power_iteration_on_the_fast_path_converges_to_sigma1_from_below(padding
     assert abs(float(value(direct)) - est) <= 1e-4 * truth
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_vmapped_power_iteration_matches_each_kernel_alone():
     kernels = jnp.stack([jnp.asarray(_kernel(s)) for s in (4, 5)])
     key = jax.random.PRNGKey(1)
