@@ -49,6 +49,7 @@ def _train_calls(layer, x, n):
         step(layer, x)
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
 def test_spectral_dense_state_converges_reconverges_and_freezes():
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
