@@ -93,6 +93,8 @@ def test_load_run_restores_the_trained_parameters(run_dir):
     [
         (["train", "--data", "mnist", "--set", "steps=1"], "data_dir"),
         (["train", "--set", "bogus=1"], "unknown key 'bogus'"),
+        # repeated --set flags add up: the first one is not dropped by the second
+        (["train", "--set", "bogus=1", "--set", "steps=1"], "unknown key 'bogus'"),
         (["train", "--set", "widths=a,b"], "widths='a,b' is not a valid"),
         (["train", "--set", "eval_every=7"], "multiple of log_every"),
         (["train", "--set", "p=3"], "p=3.0; expected 2 or inf"),

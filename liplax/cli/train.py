@@ -77,7 +77,8 @@ def add_parser(sub) -> None:
     t.add_argument("--out", default=None, help="output folder (default runs/<config>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    t.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE",
+                   help="override config fields (repeatable: --set a=1 --set b=2)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     t.add_argument("--devices", type=int, default=None,
                    help="local devices for data parallelism (default: all)")
