@@ -48,6 +48,13 @@ def wrap_pad(x: jax.Array, kernel_hw: tuple[int, int]) -> jax.Array:
     return jnp.pad(x, ((0, 0), cp[0], cp[1], (0, 0)), mode="wrap")
 
 
+def wrap_adjoint(z: jax.Array, input_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> jax.Array:
+    """The adjoint of :func:`wrap_pad` on a batch ``z`` of padded (N, H + kh − 1, W + kw − 1, C)
+    samples: every wrapped copy added back to the sample it copies, giving (N, H, W, C)."""
+    shape = jax.ShapeDtypeStruct((z.shape[0], *input_hw, z.shape[3]), z.dtype)
+    return jax.linear_transpose(lambda x: wrap_pad(x, kernel_hw), shape)(z)[0]
+
+
 def conv_nhwc(kernel: jax.Array, x: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
     """The convolution on a batch ``x`` (N, H, W, C) with resolved strides and padding."""
     if pads == "CIRCULAR":
@@ -97,8 +104,7 @@ def conv_transpose_nhwc(
         z = lax.conv_general_dilated(
             y, k_adj, (1, 1), tp, lhs_dilation=strides, dimension_numbers=DIMS, precision=HI
         )
-        shape = jax.ShapeDtypeStruct((y.shape[0], *input_hw, kernel.shape[2]), y.dtype)
-        return jax.linear_transpose(lambda x: wrap_pad(x, (kh, kw)), shape)(z)[0]
+        return wrap_adjoint(z, input_hw, (kh, kw))
     tp = transpose_pads((kh, kw), input_hw, out_hw, strides, pads)
     return lax.conv_general_dilated(
         y, k_adj, (1, 1), tp, lhs_dilation=strides, dimension_numbers=DIMS, precision=HI
@@ -312,7 +318,6 @@ class ConvOperator(LinearOperator):
         circular = self.circular
         pads = circular_pads((3, 3)) if circular else self.pads
         h, w = self.input_hw
-        in_shape = (1, h, w, cin)
 
         def forward(x):
             xp = jnp.pad(x, (*pads, (0, 0)), mode="wrap" if circular else "constant")
@@ -321,9 +326,7 @@ class ConvOperator(LinearOperator):
         def adjoint(y):
             z = winograd.valid_correlation(jnp.pad(y, ((2, 2), (2, 2), (0, 0))), u_adj)
             if circular:  # the adjoint of the wrap: every wrapped copy added back to its sample
-                wrap = jax.linear_transpose(lambda v: wrap_pad(v, (3, 3)),
-                                            jax.ShapeDtypeStruct(in_shape, z.dtype))
-                return wrap(z[None])[0][0]
+                return wrap_adjoint(z[None], (h, w), (3, 3))[0]
             (lo_h, _), (lo_w, _) = pads
             return z[lo_h:lo_h + h, lo_w:lo_w + w]
 
