@@ -95,6 +95,8 @@ def test_lower_bound_is_attained_not_above_the_truth(finished):
     assert at_origin * (1 - 1e-5) <= report["lipschitz_lower"] <= report["lipschitz_upper"]
 
 
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores: the SIGKILL test of
+# test_train_processes.py resumes a killed process and checks the same state, metrics and history
 def test_resumed_run_reaches_the_same_parameters_and_metrics(tmp_path, finished, digits):
     out_a, report_a = finished
     out = tmp_path / "b"
