@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -184,6 +185,21 @@ def test_trivial_bound_is_above_float64_jacobian_norms(model_name):
         assert upper <= 1.0 + 1e-5  # AOL convolutions and head, MaxMin: 1-Lipschitz
 
 
+def test_init_norm_starts_every_strided_cnn_factor_at_that_norm():
+    config = tiny_config("model=cnn_strided", "widths=4,6,6,4", "init_norm=0.5", "bias=true")
+    model = build_model(config, (8, 8, 1), 5, rngs=nnx.Rngs(4))
+    convs = [layer for layer in model.layers if isinstance(layer, lnn.Conv)]
+    assert all(c.bias is not None for c in convs)
+    for c in convs:  # (co-)isometries of norm 0.5: every nonzero singular value is 0.5
+        op = ref.conv_operator(np.asarray(c.kernel[...], np.float64), c.input_size, c.strides,
+                               "CIRCULAR")
+        s = np.linalg.svd(op, compute_uv=False)
+        assert s.size == min(op.shape)
+        np.testing.assert_allclose(s, 0.5, rtol=1e-5)
+    head = np.asarray(model.layers[-1].kernel[...], np.float64)
+    np.testing.assert_allclose(np.linalg.svd(head, compute_uv=False), 0.5, rtol=1e-5)
+
+
 def test_aol_cnn_needs_even_widths():
     config = tiny_config("model=cnn_aol", "widths=4,5")
     with pytest.raises(ValueError, match="even widths"):
@@ -297,6 +313,40 @@ def test_gap_is_accepted_on_free_weight_cnns_only(model, accepted):
     else:
         with pytest.raises(ValueError, match="model='cnn_aol'"):
             tiny_config(*args)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=cnn_aol", "init_norm=1"], "model='cnn_aol'; expected a free-weight MLP or cnn_"),
+    (["model=abs_mlp", "bias=true"], "bias=True; expected false unless model is cnn_strided"),
+    (["model=cnn_strided", "activation=relu"], "activation='relu'; expected abs or maxmin"),
+    (["model=cnn_aol", "activation=maxmin"], "activation='maxmin'; expected abs unless"),
+    (["model=cnn_strided", "activation=maxmin", "widths=4,5"], "widths=(4, 5); expected even"),
+])
+def test_cnn_settings_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_config(*overrides)
+
+
+@pytest.mark.slow  # the default suite's 10-minute budget on 2 cores; `make test-slow` runs it
+def test_maxmin_activation_keeps_the_strided_cnn_sound():
+    config = tiny_config("model=cnn_strided", "widths=4,6", "activation=maxmin")
+    model = build_model(config, (4, 4, 1), 3, rngs=nnx.Rngs(5))
+    model.eval()
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Conv", "MaxMin", "Conv", "MaxMin", "Flatten", "Dense"]
+    upper = float(nnx.jit(lambda m: bounds.trivial_bound(m, (4, 4, 1)).value)(model))
+    with jax.enable_x64():
+        gd, st = nnx.split(model)
+        st = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), st)
+
+        @jax.jit
+        def jacobians(st, xs):
+            m64 = nnx.merge(gd, st)
+            return jax.vmap(jax.jacfwd(lambda x: m64(x.reshape(1, 4, 4, 1)).reshape(-1)))(xs)
+
+        xs = jnp.asarray(np.random.default_rng(1).normal(size=(8, 16)))
+        gains = [np.linalg.norm(j, 2) for j in np.asarray(jacobians(st, xs))]
+    assert max(gains) <= upper * (1 + 1e-6)
 
 
 # ----------------------------------------------------------------------------- ExactConv

@@ -52,7 +52,15 @@ class Config:
         (1 or 2), and whether only the last step is differentiated. The bound certifies the weight
         actually applied (exact SVD), so fewer steps are never unsound, only less orthonormal.
       init_norm: 0 for LeCun-normal weights; > 0 for orthogonal weights scaled to this spectral
-        norm in every layer of a free-weight MLP (the trivial bound starts at init_norm^(depth+1)).
+        norm in every layer of a free-weight MLP, and (co-)isometric convolutions of that norm
+        (:func:`liplax.nn.init.isometric_conv_init`) in ``cnn_strided``/``cnn_exact`` (the
+        trivial bound starts at init_norm^(layers)).
+      bias: the CNN families' convolutions carry a bias (it changes no layer's Lipschitz
+        constant; the MLPs' hidden layers always have one, the bound's head never).
+      activation: the free-weight CNNs' (``cnn_strided``, ``cnn_exact``) activation: ``abs``
+        (|·|) or ``maxmin`` (GroupSort with groups of 2 over channels; even widths); both have
+        an orthogonal Jacobian wherever they are differentiable, so every factor stays
+        attainable.
       grouped: run the penalty's power steps of same-shape layers as one batched step per group
         (:func:`liplax.grouped.grouped_log_bound`; same values; faster for CNNs on CPU).
       optimizer, learning_rate, lr_warmup, weight_decay: optax optimizer and schedule (linear
@@ -88,6 +96,8 @@ class Config:
     bjorck_order: int = 1
     bjorck_stop_gradient: bool = False
     init_norm: float = 0.0
+    bias: bool = False
+    activation: str = "abs"
     grouped: bool = False
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -204,6 +214,19 @@ def _validate(c: Config) -> None:
                                             "cnn_strided", "cnn_exact"):  # training.gap
         bad("model", "a free-weight network (sin/abs/crelu/relu_mlp, cnn, cnn_strided, "
             "cnn_exact) when gap_weight > 0")
+    if c.init_norm > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp",
+                                            "cnn_strided", "cnn_exact"):
+        bad("model", "a free-weight MLP or cnn_strided/cnn_exact when init_norm > 0")
+    if c.bias and c.model not in ("cnn_strided", "cnn_exact", "cnn_aol"):
+        bad("bias", "false unless model is cnn_strided, cnn_exact or cnn_aol (the MLPs' hidden "
+            "layers always have a bias)")
+    if c.activation not in ("abs", "maxmin"):
+        bad("activation", "abs or maxmin")
+    if c.activation != "abs" and c.model not in ("cnn_strided", "cnn_exact"):
+        bad("activation", "abs unless model is cnn_strided or cnn_exact (the other models fix "
+            "their activation)")
+    if c.activation == "maxmin" and any(w % 2 for w in c.widths):
+        bad("widths", "even widths (MaxMin sorts pairs)")
     if c.bjorck_order not in (1, 2):
         bad("bjorck_order", "1 or 2")
     if c.model in ("groupsort_mlp", "aol_mlp") and any(w % 2 for w in c.widths):

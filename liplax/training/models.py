@@ -57,7 +57,8 @@ def build_model(
     w = config.widths
     k = int(num_classes)
     if config.model in CNN_MODELS:  # strided and AOL CNNs (liplax.training.models_cnn)
-        return build_cnn(config.model, shape, w, k, rngs=rngs)
+        return build_cnn(config.model, shape, w, k, bias=config.bias, init_norm=config.init_norm,
+                         activation=config.activation, rngs=rngs)
     if config.model == "cnn":
         if len(shape) != 3:
             raise ValueError(f"build_model: cnn needs (H, W, C) inputs, got {shape}")

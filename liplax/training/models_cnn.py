@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from flax import nnx
 
 from liplax import nn as lnn
+from liplax.nn.init import isometric_conv_init
 
 #: the models built here (``cnn``, the pooled one, is built by :mod:`liplax.training.models`).
 CNN_MODELS = ("cnn_strided", "cnn_aol", "cnn_exact")
@@ -46,7 +47,8 @@ def _check_shape(model: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape
 
 
-def _strided(model, shape, widths, k: int, rngs: nnx.Rngs) -> lnn.Sequential:
+def _strided(model, shape, widths, k: int, bias: bool, init_norm: float, activation: str,
+             rngs: nnx.Rngs) -> lnn.Sequential:
     h, wd, c = _check_shape(model, shape)
     aol = model == "cnn_aol"
     if aol and any(ch % 2 for ch in widths):
@@ -56,30 +58,41 @@ def _strided(model, shape, widths, k: int, rngs: nnx.Rngs) -> lnn.Sequential:
     for i, ch in enumerate(widths):
         s = 2 if i in STRIDED_LAYERS and h % 2 == 0 and wd % 2 == 0 else 1
         if aol:
-            layers += [lnn.AOLConv(c, ch, (3, 3), strides=s, padding="CIRCULAR", rngs=rngs),
+            layers += [lnn.AOLConv(c, ch, (3, 3), strides=s, padding="CIRCULAR", use_bias=bias,
+                                   rngs=rngs),
                        lnn.MaxMin()]
         else:
             conv = lnn.ExactConv if model == "cnn_exact" and (h % s, wd % s) == (0, 0) else lnn.Conv
+            init = {} if init_norm == 0 else {"kernel_init": isometric_conv_init(s, init_norm)}
             layers += [conv(c, ch, (3, 3), input_size=(h, wd), strides=s, padding="CIRCULAR",
-                            rngs=rngs), lnn.Abs()]
+                            use_bias=bias, rngs=rngs, **init),
+                       lnn.MaxMin() if activation == "maxmin" else lnn.Abs()]
         c, h, wd = ch, h // s, wd // s
-    head = lnn.AOLDense if aol else lnn.Dense
-    return lnn.Sequential(*layers, lnn.Flatten(), head(h * wd * c, k, rngs=rngs))
+    if aol:
+        return lnn.Sequential(*layers, lnn.Flatten(), lnn.AOLDense(h * wd * c, k, rngs=rngs))
+    init = {} if init_norm == 0 else {
+        "kernel_init": nnx.initializers.orthogonal(scale=init_norm)}
+    return lnn.Sequential(*layers, lnn.Flatten(), lnn.Dense(h * wd * c, k, rngs=rngs, **init))
 
 
 def build_cnn(
     model: str, input_shape: Sequence[int], widths: Sequence[int], num_classes: int, *,
-    rngs: nnx.Rngs,
+    bias: bool = False, init_norm: float = 0.0, activation: str = "abs", rngs: nnx.Rngs,
 ) -> lnn.Sequential:
     """The CNN named ``model`` (one of :data:`CNN_MODELS`) for one example of shape (H, W, C).
 
-    ``widths``: the output channels of the convolutions; ``num_classes``: the head's outputs.
+    ``widths``: the output channels of the convolutions; ``num_classes``: the head's outputs;
+    ``bias``: the convolutions carry a bias (the head never does); ``init_norm`` > 0: the
+    free-weight layers start as isometries or co-isometries of that norm
+    (:func:`liplax.nn.init.isometric_conv_init`, an orthogonal head), 0: LeCun-normal;
+    ``activation``: ``abs`` or ``maxmin`` after each free-weight convolution (AOL: MaxMin).
     All parameters and power-iteration states are created here. See the module docstring.
     """
     if model not in CNN_MODELS:
         raise ValueError(f"build_cnn: model must be one of {CNN_MODELS}, got {model!r}")
     shape = tuple(int(s) for s in input_shape)
-    return _strided(model, shape, widths, int(num_classes), rngs)
+    return _strided(model, shape, widths, int(num_classes), bool(bias), float(init_norm),
+                    activation, rngs)
 
 
 __all__ = ["CNN_MODELS", "STRIDED_LAYERS", "build_cnn"]
