@@ -41,6 +41,7 @@ from liplax.nn.conv import Conv
 from liplax.nn.dense import Dense
 from liplax.nn.exact_conv import ExactConv
 from liplax.nn.export import to_plain
+from liplax.nn.init import isometric_conv_init
 from liplax.nn.linf import LinfDense, project_l1_ball
 from liplax.nn.misc import AvgPool, Flatten, MaxPool, Scale
 from liplax.nn.registry import register_layer
@@ -88,6 +89,7 @@ __all__ = [
     "crelu",
     "full_sort",
     "group_sort",
+    "isometric_conv_init",
     "log_bound_of",
     "max_min",
     "output_shape_of",
