@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 # No JAX, Flax or liplax.nn here: the command line parses and checks a config without them.
 
+#: the free-weight MLPs (their weights are trained as they are; the penalties shape them).
+FREE_MLPS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp")
 MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn", "cnn_strided",
           "cnn_aol", "aol_mlp", "cnn_exact")
 PENALTIES = ("none", "log", "product", "hinge")
@@ -210,17 +212,16 @@ def _validate(c: Config) -> None:
         bad("eps", "finite radii ≥ 0")
     if c.gap_weight > 0 and c.penalty != "log":
         bad("penalty", "log when gap_weight > 0 (the gap is log U − log of the attained gain)")
-    if c.gap_weight > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "cnn",
-                                            "cnn_strided", "cnn_exact"):  # training.gap
+    if c.gap_weight > 0 and c.model not in (*FREE_MLPS, "cnn", "cnn_strided",
+                                            "cnn_exact"):  # training.gap
         bad("model", "a free-weight network (sin/abs/crelu/relu_mlp, cnn, cnn_strided, "
             "cnn_exact) when gap_weight > 0")
-    if c.init_norm > 0 and c.model not in ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp",
-                                            "cnn_strided", "cnn_exact"):
+    if c.init_norm > 0 and c.model not in (*FREE_MLPS, "cnn_strided", "cnn_exact"):
         bad("model", "a free-weight MLP or cnn_strided/cnn_exact when init_norm > 0")
     if c.bias and c.model not in ("cnn_strided", "cnn_exact", "cnn_aol"):
         bad("bias", "false unless model is cnn_strided, cnn_exact or cnn_aol (the MLPs' hidden "
             "layers always have a bias)")
-    if c.activation not in ("abs", "maxmin"):
+    if c.activation not in ("abs", "maxmin"):  # models_cnn.ACTIVATIONS
         bad("activation", "abs or maxmin")
     if c.activation != "abs" and c.model not in ("cnn_strided", "cnn_exact"):
         bad("activation", "abs unless model is cnn_strided or cnn_exact (the other models fix "

@@ -9,10 +9,11 @@ convolution) is loose by construction: average pooling has ℓ2 constant 1/2 but
 only for inputs constant on each window. Here:
 
 - ``cnn_strided``: circular 3×3 :class:`liplax.nn.Conv` whose second and third convolutions
-  have stride 2 (downsampling inside the convolution, no pooling), |·| after each. Every
-  factor of the trivial bound is attainable: the circular convolution's ℓ2 norm (exact, by FFT
-  and polyphase decomposition, Sedghi et al. 2019) is reached along its top singular vector,
-  |·| has Jacobian diag(±1), an isometry wherever no pre-activation is 0, and the final
+  have stride 2 (downsampling inside the convolution, no pooling), |·| (or MaxMin, the
+  ``activation`` option) after each. Every factor of the trivial bound is attainable: the
+  circular convolution's ℓ2 norm (exact, by FFT and polyphase decomposition, Sedghi et al.
+  2019) is reached along its top singular vector, |·| has Jacobian diag(±1) (MaxMin a
+  permutation), an isometry wherever no pre-activation is 0 (no tie), and the final
   dense layer's norm is exact. What remains is misalignment between layers, which the
   trivial-bound penalty removes.
 - ``cnn_exact``: ``cnn_strided`` with :class:`liplax.nn.ExactConv` (the same map and
@@ -37,6 +38,8 @@ from liplax.nn.init import isometric_conv_init
 
 #: the models built here (``cnn``, the pooled one, is built by :mod:`liplax.training.models`).
 CNN_MODELS = ("cnn_strided", "cnn_aol", "cnn_exact")
+#: the activations of the free-weight CNNs (``Config.activation``).
+ACTIVATIONS = ("abs", "maxmin")
 #: the (0-based) convolutions that downsample by 2 in the strided families.
 STRIDED_LAYERS = (1, 2)
 
@@ -90,9 +93,11 @@ def build_cnn(
     """
     if model not in CNN_MODELS:
         raise ValueError(f"build_cnn: model must be one of {CNN_MODELS}, got {model!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"build_cnn: activation must be one of {ACTIVATIONS}, got {activation!r}")
     shape = tuple(int(s) for s in input_shape)
     return _strided(model, shape, widths, int(num_classes), bool(bias), float(init_norm),
                     activation, rngs)
 
 
-__all__ = ["CNN_MODELS", "STRIDED_LAYERS", "build_cnn"]
+__all__ = ["ACTIVATIONS", "CNN_MODELS", "STRIDED_LAYERS", "build_cnn"]
