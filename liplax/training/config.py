@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 #: the free-weight MLPs (their weights are trained as they are; the penalties shape them).
 FREE_MLPS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp")
+#: the activations of the free-weight CNNs (``Config.activation``; liplax.training.models_cnn).
+CNN_ACTIVATIONS = ("abs", "maxmin")
 MODELS = ("sin_mlp", "abs_mlp", "crelu_mlp", "relu_mlp", "groupsort_mlp", "cnn", "cnn_strided",
           "cnn_aol", "aol_mlp", "cnn_exact")
 PENALTIES = ("none", "log", "product", "hinge")
@@ -221,7 +223,7 @@ def _validate(c: Config) -> None:
     if c.bias and c.model not in ("cnn_strided", "cnn_exact", "cnn_aol"):
         bad("bias", "false unless model is cnn_strided, cnn_exact or cnn_aol (the MLPs' hidden "
             "layers always have a bias)")
-    if c.activation not in ("abs", "maxmin"):  # models_cnn.ACTIVATIONS
+    if c.activation not in CNN_ACTIVATIONS:
         bad("activation", "abs or maxmin")
     if c.activation != "abs" and c.model not in ("cnn_strided", "cnn_exact"):
         bad("activation", "abs unless model is cnn_strided or cnn_exact (the other models fix "

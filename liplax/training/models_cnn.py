@@ -35,11 +35,10 @@ from flax import nnx
 
 from liplax import nn as lnn
 from liplax.nn.init import isometric_conv_init
+from liplax.training.config import CNN_ACTIVATIONS
 
 #: the models built here (``cnn``, the pooled one, is built by :mod:`liplax.training.models`).
 CNN_MODELS = ("cnn_strided", "cnn_aol", "cnn_exact")
-#: the activations of the free-weight CNNs (``Config.activation``).
-ACTIVATIONS = ("abs", "maxmin")
 #: the (0-based) convolutions that downsample by 2 in the strided families.
 STRIDED_LAYERS = (1, 2)
 
@@ -93,11 +92,12 @@ def build_cnn(
     """
     if model not in CNN_MODELS:
         raise ValueError(f"build_cnn: model must be one of {CNN_MODELS}, got {model!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"build_cnn: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if activation not in CNN_ACTIVATIONS:
+        raise ValueError(f"build_cnn: activation must be one of {CNN_ACTIVATIONS}, "
+                         f"got {activation!r}")
     shape = tuple(int(s) for s in input_shape)
     return _strided(model, shape, widths, int(num_classes), bool(bias), float(init_norm),
                     activation, rngs)
 
 
-__all__ = ["ACTIVATIONS", "CNN_MODELS", "STRIDED_LAYERS", "build_cnn"]
+__all__ = ["CNN_MODELS", "STRIDED_LAYERS", "build_cnn"]
