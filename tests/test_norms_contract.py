@@ -156,6 +156,39 @@ def test_jit_and_vmap_agree_with_the_eager_call(routine, name):
     np.testing.assert_allclose(np.asarray(vm.value), [v, 0.5 * v, v], rtol=4 * 64 * u)
 
 
+def _compilations(fn) -> int:
+    """How many XLA programs ``fn()`` compiles (JAX's backend-compile events)."""
+    seen = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        jax.block_until_ready(fn())
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return len(seen)
+
+
+@pytest.mark.parametrize("routine", norms.ROUTINES, ids=lambda r: r.__name__)
+def test_an_eager_call_is_one_compiled_program(routine):
+    """Called on concrete arrays a routine compiles one program per shape (the guarantee
+    wrapper's ``jax.jit``), not one per primitive as op-by-op execution would; a static
+    argument (``num_iters``) selects a new program, a new array of the same shape does not."""
+    w = RNG.standard_normal((11, 13)).astype(np.float32)  # a shape no other test compiles
+    op = DenseOperator(jnp.asarray(w))
+    kw = dict(key=KEY) if routine is norms.power_iteration else {}
+    assert _compilations(lambda: routine(op, **kw)) <= 2  # the program (+ a key or a cast)
+    assert _compilations(lambda: routine(DenseOperator(jnp.asarray(2 * w)), **kw)) == 0
+    if "num_iters" in inspect.signature(routine).parameters:
+        a = routine(op, num_iters=2, **kw)
+        b = routine(op, num_iters=3, **kw)
+        a, b = (x[0] if isinstance(x, tuple) else x for x in (a, b))
+        assert float(a.value) != float(b.value)  # the static argument is honoured
+
+
 @pytest.mark.parametrize("routine", norms.ROUTINES, ids=lambda r: r.__name__)
 def test_routines_refuse_what_is_not_an_operator(routine):
     with pytest.raises(TypeError, match="op must be a liplax operator"):
