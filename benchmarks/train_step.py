@@ -3,7 +3,8 @@
 The model is the ``fashion-cnn4`` config's (:mod:`liplax.training.models_cnn`, circular 3×3
 convolutions 16-32-32-32, strides 1-2-2-1, |·|, flatten, bias-free dense head) with its penalty
 (log trivial bound, one warm power-iteration step per layer and step; its gap penalty off, as
-the hand-written loop has none) and its optimizer
+the hand-written loop has none; the batch unsplit, ``micro_batches=1``, as the hand-written loop
+runs it) and its optimizer
 (Adam, warm-up + cosine schedule).
 
 - ``liplax``: the training path of ``liplax train`` (:func:`liplax.training.step.make_chunk`,
@@ -188,9 +189,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps-per-call", type=int, default=20)
     args = parser.parse_args()
-    # the hand-written loop has the log penalty only: compare like with like (the gap penalty of
-    # fashion-cnn4 costs ~1.08x its step, experiments/README.md §7)
-    config = cfg.get_config(args.config, ["gap_weight=0"])
+    # the hand-written loop has the log penalty only and runs the whole batch at once: compare
+    # like with like (the gap penalty of fashion-cnn4 costs ~1.08x its step, experiments/README.md
+    # §7; its micro-batches ~0.55x, benchmarks/micro_batches.py)
+    config = cfg.get_config(args.config, ["gap_weight=0", "micro_batches=1"])
     result = {
         "benchmark": "train_step",
         "what": "time per optimizer step of liplax train's jitted chunk vs a hand-written "

@@ -71,6 +71,13 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
     shape = run.input_shape
     batch_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
 
+    def forward(model, x):
+        if config.micro_batches == 1:
+            return model(x)
+        # config.micro_batches: independent slices (each its own chain of operations, which
+        # XLA's CPU backend runs faster per example and on separate cores), joined at the logits.
+        return jnp.concatenate([model(xs) for xs in jnp.split(x, config.micro_batches)])
+
     def one_step(state: TrainState, x_all, y_all, idx):
         x, y = x_all[idx], y_all[idx]
         if batch_sharding is not None:
@@ -81,7 +88,7 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
         def objective(params):
             # Fresh Variable objects at this trace level, so the penalty may move the state.
             model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, state.rest))
-            logits = model(x)
+            logits = forward(model, x)
             data_loss = loss_fn(logits, y)
             if config.penalty == "none":
                 pen = jnp.zeros((), jnp.float32)
