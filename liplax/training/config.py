@@ -73,8 +73,8 @@ class Config:
       micro_batches: the step runs the model on this many equal slices of the batch (each its
         own chain of operations, joined at the logits), then takes the loss of the whole batch:
         the same objective and gradient, summed in another order. XLA's CPU backend runs a
-        convolution over 32 examples more than twice as fast per example as over 128, and runs
-        independent slices on separate cores (``fashion-cnn4``'s step, 4 slices: 2×;
+        convolution over 32 examples ~1.8× as fast per example as over 128 (one core), and runs
+        independent slices on separate cores (``fashion-cnn4``'s step, 8 slices: 1.8×;
         ``benchmarks/micro_batches.py``). Must divide ``batch_size``.
       log_every: steps per jitted chunk (progress and metrics granularity).
       eval_every, checkpoint_every: evaluation and checkpoint periods (multiples of ``log_every``).

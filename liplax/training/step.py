@@ -58,7 +58,8 @@ def make_chunk(run: Run, n_train: int, mesh: Mesh | None):
     each step is then one call of one compiled step (state and running metric sums donated,
     the batch gathered on device from the chunk's index table, nothing read back to the host),
     so the host only enqueues work. With a ``mesh`` the batch is sharded over its ``"data"``
-    axis.
+    axis. With ``config.micro_batches`` = m > 1 the model runs on m slices of the batch joined
+    at the logits (the same objective; faster convolutions on CPU, docs/design.md §training).
 
     Why not ``lax.scan`` over the steps: XLA's CPU backend runs the convolutions of a loop
     body several times slower than the same convolutions outside a loop (15× for the 4-conv
