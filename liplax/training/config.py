@@ -75,7 +75,9 @@ class Config:
         the same objective and gradient, summed in another order. XLA's CPU backend runs a
         convolution over 32 examples ~1.8× as fast per example as over 128 (one core), and runs
         independent slices on separate cores (``fashion-cnn4``'s step, 8 slices: 1.8×;
-        ``benchmarks/micro_batches.py``). Must divide ``batch_size``.
+        ``benchmarks/micro_batches.py``). Must divide ``batch_size``. Every model of
+        :data:`MODELS` computes its forward pass without moving state; a layer that moves state
+        there (``SpectralDense``'s power step, used by experiments only) would move it per slice.
       log_every: steps per jitted chunk (progress and metrics granularity).
       eval_every, checkpoint_every: evaluation and checkpoint periods (multiples of ``log_every``).
       keep_checkpoints: how many checkpoints to keep.
