@@ -76,9 +76,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps-per-call", type=int, default=20)
     args = parser.parse_args()
-    splits = [int(s) for s in args.splits.split(",")]
-    if splits[0] != 1:
-        splits = [1, *splits]
+    # the unsplit step first (the baseline of every ratio), each split once
+    splits = [1, *dict.fromkeys(int(s) for s in args.splits.split(",") if int(s) != 1)]
     result = {
         "benchmark": "micro_batches",
         "what": "time per optimizer step of liplax train's jitted chunk with the batch split "
